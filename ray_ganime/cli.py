@@ -1,0 +1,206 @@
+"""The `ganime` command line (also `python -m ray_ganime`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ray_ganime import config as cfgmod, storage
+
+SYNTH_KIND_TO_SHARDS = {"paired": "paired", "unpaired": "unpaired", "faces": "folder"}
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set data.crop_size=64 (repeatable)")
+    p.add_argument("--store", help="store root URI (local folder or s3://bucket/prefix); default $GANIME_STORE")
+
+
+def _load(args) -> cfgmod.Config:
+    overrides = list(args.overrides) + ([f"store.uri={args.store}"] if getattr(args, "store", None) else [])
+    return cfgmod.load_config(args.config, overrides)
+
+
+def cmd_synth(args) -> None:
+    from ray_ganime import ingest, synth
+
+    cfg = _load(args)
+    dest = cfgmod.dataset_uri(args.out, cfg.store.uri)
+    rows = synth.examples(args.kind, args.count, args.size, args.seed, workers=args.workers)
+    info = {"source": "synthetic", "synth": {"kind": args.kind, "count": args.count, "size": args.size,
+                                             "seed": args.seed, "test_fraction": args.test_fraction}}
+    manifest = ingest.write_examples(rows, args.count, SYNTH_KIND_TO_SHARDS[args.kind], dest, seed=args.seed,
+                                     test_fraction=args.test_fraction, shard_mb=args.shard_mb,
+                                     store_options=cfg.store.options(), info=info)
+    _print_manifest(dest, manifest)
+
+
+def cmd_ingest(args) -> None:
+    from ray_ganime import ingest
+
+    cfg = _load(args)
+    dest = cfgmod.dataset_uri(args.dest, cfg.store.uri)
+    opts = ingest.IngestOptions(test_fraction=args.test_fraction, seed=args.seed, color_side=args.color_side,
+                                a_is=args.a_is, max_side=args.max_side, shard_mb=args.shard_mb, workers=args.workers)
+    manifest = ingest.ingest(args.layout, args.src, dest, opts, store_options=cfg.store.options())
+    _print_manifest(dest, manifest)
+
+
+def cmd_inspect(args) -> None:
+    from ray_ganime import images, preview, shards
+
+    cfg = _load(args)
+    uri = cfgmod.dataset_uri(args.uri, cfg.store.uri)
+    manifest = shards.read_manifest(uri, cfg.store.options())
+    print(f"{uri}\n{shards.describe(manifest)}")
+    rows = shards.read_rows(uri, limit=args.samples, options=cfg.store.options())
+    sheet = preview.contact_sheet(rows, manifest["image_columns"])
+    out = Path(args.out or f"contact_sheet-{Path(uri.rstrip('/')).name}.png").resolve()
+    out.write_bytes(images.encode_png(sheet))
+    print(f"contact sheet ({len(rows)} examples): {out}")
+
+
+def cmd_train(args) -> None:
+    from ray_ganime import train
+
+    cfg = _load(args)
+    if args.resume_from:
+        cfg.train.resume_from = args.resume_from
+    if args.run_name:
+        cfg.train.run_name = args.run_name
+    out = train.fit(cfg)
+    print(f"\nrun:         {out['run']}\ncheckpoint:  {out['checkpoint']}\n"
+          f"samples:     {storage.join(out['run'], 'samples')}\ntensorboard: {storage.join(out['run'], 'tensorboard')}")
+    if args.evaluate and out["checkpoint"]:
+        _evaluate(cfg, out["checkpoint"], cfg.dataset_uri(), storage.join(out["run"], "eval"))
+
+
+def cmd_evaluate(args) -> None:
+    cfg = _load(args)
+    data_uri = cfgmod.dataset_uri(args.data, cfg.store.uri) if args.data else None
+    _evaluate(cfg, args.model, data_uri, args.out)
+
+
+def _evaluate(cfg: cfgmod.Config, model_uri: str, data_uri: str | None, out_uri: str | None) -> dict:
+    """Evaluate a checkpoint's generator on a data set's test split; writes metrics, a table row, samples."""
+    from ray_ganime import evaluate, train
+    from ray_ganime.data import ShardData
+    from ray_ganime.runtime import init_ray
+
+    init_ray()
+    generator, meta = train.load_generator(model_uri, options=cfg.store.options())
+    trained = cfgmod.Config.model_validate(meta["config"])
+    # The model's own preprocessing (sizes, interpolation); the data set may be another one.
+    data_cfg = trained.data.model_copy(update={"uri": data_uri or trained.data.uri})
+    data = ShardData(cfgmod.dataset_uri(data_cfg.uri, trained.store.uri) if not data_uri else data_uri,
+                     data_cfg, cfg.store.options())
+    result = evaluate.evaluate_generator(generator, data, split=cfg.eval.split, fid_weights=cfg.eval.fid_weights,
+                                         max_images=cfg.eval.max_images, batch_size=cfg.eval.batch_size)
+    out_uri = out_uri or storage.join(model_uri.rstrip("/") + "_eval")
+    name = f"{meta['recipe']}" + (" + TV" if meta["config"].get("loss", {}).get("tv") else "")
+    files = evaluate.write_report(result, out_uri, name, extra={"checkpoint": model_uri, "epoch": meta["epoch"]})
+    print(f"\n{name}: FID {result['fid']:.1f}  SSIM {result['ssim']:.4f}  ({result['num_images']} images, "
+          f"Inception weights: {result['fid_backbone']['name']})")
+    if result.get("fid_warning"):
+        print(f"WARNING: {result['fid_warning']}")
+    print("\n".join(f"{k + ':':<9} {v}" for k, v in files.items()))
+    return result
+
+
+def cmd_models(args) -> None:
+    from ray_ganime.recipes import RECIPES, recipe_class
+
+    cfg = _load(args)
+    cfg.data.load_size = max(cfg.data.load_size, args.size)
+    cfg.data.crop_size = args.size
+    print(f"{'recipe':<12} {'network':<8} {'parameters':>14}   (at {args.size} px)")
+    for name in sorted(RECIPES):
+        for net, count in recipe_class(name).network_sizes(cfg).items():
+            print(f"{name:<12} {net:<8} {count:>14,}")
+
+
+def _print_manifest(dest: str, manifest: dict) -> None:
+    from ray_ganime import shards
+
+    print(f"wrote {dest}\n{shards.describe(manifest)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ganime", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="data sets: synthesise, ingest, inspect").add_subparsers(dest="data_cmd", required=True)
+
+    p = data.add_parser("synth", help="draw a synthetic anime data set (deterministic for a seed)")
+    p.add_argument("--kind", choices=sorted(SYNTH_KIND_TO_SHARDS), default="paired")
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="data set URI, or a bare name under <store>/datasets/")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--shard-mb", type=int, default=128)
+    p.add_argument("--workers", type=int, default=1)
+    _config_args(p)
+    p.set_defaults(func=cmd_synth)
+
+    p = data.add_parser("ingest", help="local image folder -> Parquet shards on a store")
+    p.add_argument("--layout", required=True, choices=["paired-concat", "paired-dirs", "unpaired", "folder"])
+    p.add_argument("src", help="local source folder")
+    p.add_argument("dest", help="data set URI, or a bare name under <store>/datasets/")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="where the folders give no train/test split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--color-side", choices=["left", "right"], default="left", help="paired-concat: colour half")
+    p.add_argument("--a-is", choices=["sketch", "color"], default="sketch", help="paired-dirs: what A/ holds")
+    p.add_argument("--max-side", type=int, help="downscale larger images to this longest side (re-encodes PNG)")
+    p.add_argument("--shard-mb", type=int, default=128)
+    p.add_argument("--workers", type=int, default=4)
+    _config_args(p)
+    p.set_defaults(func=cmd_ingest)
+
+    p = data.add_parser("inspect", help="counts, shards, skipped files, and a contact-sheet PNG")
+    p.add_argument("uri")
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--out", help="contact sheet path (default ./contact_sheet-<name>.png)")
+    _config_args(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("train", help="train a recipe on Ray Train (see configs/)")
+    p.add_argument("--resume-from", help="start from this checkpoint folder (local or s3://)")
+    p.add_argument("--run-name", help="run folder name under <store>/runs; the same name resumes")
+    p.add_argument("--evaluate", action="store_true", help="evaluate the final checkpoint on the test split")
+    _config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="FID and SSIM of a checkpoint's generator on a data set's test split")
+    p.add_argument("--model", required=True, help="checkpoint folder (local or s3://)")
+    p.add_argument("--data", help="data set URI or name (default: the one the model was trained on)")
+    p.add_argument("--out", help="where metrics.json, results.md and samples.png go (default: beside the model)")
+    _config_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("models", help="every recipe's networks with parameter counts")
+    p.add_argument("--size", type=int, default=256, help="image size the networks are built for")
+    _config_args(p)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("demo", help="the main job on the embedded default: synthetic pairs -> train -> evaluate")
+    p.add_argument("--count", type=int, default=400, help="synthetic pairs to draw (once; reused later)")
+    _config_args(p)
+    p.set_defaults(func=lambda a: __import__("ray_ganime.demo", fromlist=["main"]).main(a))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (cfgmod.ConfigError, storage.StorageError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"ganime: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

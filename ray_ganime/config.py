@@ -1,0 +1,168 @@
+"""One config schema for the CLI, the jobs, Tune and Serve.
+
+A config is YAML on disk (see ``configs/``) plus ``key.path=value`` overrides from the command line.
+Unknown keys are errors, so a typo never silently trains with a default.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ray_ganime import storage
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StoreConfig(Section):
+    """Where data sets, runs and model packages live. Credentials never go here (AWS env/chain)."""
+
+    uri: str = Field(default_factory=storage.default_store)
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    def options(self) -> storage.StoreOptions:
+        return storage.StoreOptions(endpoint_url=self.endpoint_url, region=self.region)
+
+
+View = Literal["gray", "smooth", "smooth_gray", "lineart"]
+
+
+class DataConfig(Section):
+    """How shards become training batches (the stages of the pix2pix / AnimeGAN papers)."""
+
+    uri: str | None = None  # a data set (folder with manifest.json); relative names live under store.uri/datasets
+    load_size: int = Field(286, ge=8)  # resize to load_size x load_size ...
+    crop_size: int = Field(256, ge=8)  # ... then random crop_size crop (train) / resize to crop_size (eval)
+    flip: bool = True
+    interpolation: Literal["bilinear", "bicubic", "area"] = "bicubic"
+    # Derived views per image column, e.g. {color: [gray, smooth_gray]} for AnimeGAN or {sketch: [lineart]}
+    # for CycleGANime; each becomes a batch entry named "<column>_<view>".
+    views: dict[str, list[View]] = Field(default_factory=dict)
+    lineart_target: float = Field(200.0, gt=0, lt=255)
+    batch_size: int = Field(32, ge=1)
+    shuffle_buffer: int = Field(256, ge=0)  # rows in the per-worker local shuffle buffer; 0 = off
+    map_batch_size: int = Field(16, ge=1)  # rows per Ray Data decode task batch
+    seed: int = 0
+    # Keep row order through parallel decode tasks, so a fixed seed gives the same batches (and an
+    # exact resume); turning it off lets fast tasks overtake slow ones, for a little more throughput.
+    deterministic: bool = True
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> "DataConfig":
+        if self.crop_size > self.load_size:
+            raise ValueError(f"crop_size {self.crop_size} is larger than load_size {self.load_size}")
+        return self
+
+
+class OptimConfig(Section):
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    # pix2pix's schedule: constant LR, then linear decay to zero over the last decay_epochs epochs.
+    decay_epochs: int = Field(0, ge=0)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(150, ge=1)
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    cpus_per_worker: float = Field(1.0, gt=0)  # fractional on small machines, so Ray Data keeps CPUs
+    checkpoint_every: int = Field(5, ge=1)  # epochs; the last epoch is always checkpointed
+    sample_every: int = Field(5, ge=1)  # epochs between sample grids (input | output | target)
+    keep_checkpoints: int | None = Field(None, ge=1)
+    max_failures: int = Field(0, ge=-1)  # worker failures to recover from (from the last checkpoint)
+    run_name: str | None = None  # runs live at <store>/runs/<run_name>; the same name resumes
+    resume_from: str | None = None  # start from any checkpoint folder (local or s3://)
+    max_steps_per_epoch: int | None = Field(None, ge=1)  # cap for smoke tests and benchmarks
+    # End this session after N epochs (checkpointed); re-running the same run continues. For time-boxed
+    # or preemptible clusters: the schedule still follows `epochs`.
+    stop_after: int | None = Field(None, ge=1)
+    amp: bool = True  # bf16 autocast on CUDA (CPU runs in float32)
+    channels_last: bool = True  # on CUDA
+    seed: int = 0
+
+
+class EvalConfig(Section):
+    split: str = "test"
+    fid_weights: str | None = None  # path / s3:// URI / "random"; None: $GANIME_FID_WEIGHTS, hub cache, wheel
+    max_images: int | None = Field(None, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class Config(Section):
+    recipe: str = "pix2pix"
+    model: dict[str, Any] = Field(default_factory=dict)  # recipe-specific, validated by the recipe
+    loss: dict[str, Any] = Field(default_factory=dict)  # recipe-specific loss weights, validated by the recipe
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+
+    def dataset_uri(self) -> str:
+        if self.data.uri is None:
+            raise ConfigError("data.uri is not set (a data set folder or s3:// URI)")
+        return dataset_uri(self.data.uri, self.store.uri)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def dataset_uri(name_or_uri: str, store_uri: str) -> str:
+    """Absolute paths, ./relative paths and s3:// URIs as given; bare names under <store>/datasets/."""
+    if storage.is_remote(name_or_uri) or name_or_uri.startswith(("/", "~", "file://", ".")):
+        return storage.join(name_or_uri)
+    return storage.join(store_uri, "datasets", name_or_uri)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'loss.tv=1e-4' -> (['loss', 'tv'], 0.0001); values are YAML so lists and dicts work too."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not KEY=VALUE")
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def set_path(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {'.'.join(path)}: {part} is not a section")
+    node[path[-1]] = value
+
+
+def load_tree(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The raw nested dict: YAML file (if any) with overrides applied. Tune reads search spaces from it."""
+    tree: dict = {}
+    if path is not None:
+        try:
+            tree = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} is not a mapping")
+    tree = copy.deepcopy(tree)
+    for text in overrides:
+        set_path(tree, *parse_override(text))
+    return tree
+
+
+def from_tree(tree: dict) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    return from_tree(load_tree(path, overrides))

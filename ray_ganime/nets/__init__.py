@@ -1,0 +1,17 @@
+"""The GAN networks, as plain PyTorch modules (no Ray here: the trainers wrap them)."""
+
+from .layers import NORMS, conv_bias, count_parameters, init_weights, make_norm
+from .patchgan import PatchDiscriminator, receptive_field
+from .unet import UNetGenerator, unet_channels
+
+__all__ = [
+    "NORMS",
+    "PatchDiscriminator",
+    "UNetGenerator",
+    "conv_bias",
+    "count_parameters",
+    "init_weights",
+    "make_norm",
+    "receptive_field",
+    "unet_channels",
+]

@@ -1,0 +1,23 @@
+"""Starting or joining Ray the same way from the CLI, the jobs and the tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> None:
+    """Join the cluster at ``address`` / $RAY_ADDRESS (e.g. under ``ray job submit``), else start a
+    local one (with the auth mode ray_ganime/__init__.py set before ray was imported)."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, **kwargs)
+        return
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+             configure_logging=True, **kwargs)
+    # Progress bars of every Ray Data operator drown the CLI's own output on small machines.
+    ray.data.DataContext.get_current().enable_progress_bars = False

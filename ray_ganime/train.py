@@ -1,0 +1,305 @@
+"""The training engine: any registered recipe on Ray Train (DDP over N workers, CPU or GPU).
+
+Per run, under <store>/runs/<run_name>/:
+    checkpoint_*/        Ray Train checkpoints: state.pt (nets, optimisers, schedulers, epoch, step,
+                         RNG states, config) + meta.json; a checkpoint is registered only once uploaded
+    samples/epoch_NNNN.png   input | output | target grids of fixed test examples
+    tensorboard/         TensorBoard scalars (every loss term, images/s, epoch time, LR)
+    metrics.jsonl        one JSON line per epoch
+    config.yaml          the full config the run was started with
+
+Re-running with the same run name continues at the next epoch with the same LR schedule and RNG
+state; ``train.resume_from`` starts from any checkpoint folder instead.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ray_ganime import images, preview, shards, storage
+from ray_ganime.config import Config
+from ray_ganime.data import DecodeStage, ShardData
+from ray_ganime.recipes import recipe_class
+
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+# ------------------------------------------------------------------------------------ run locations
+
+
+def run_name(cfg: Config) -> str:
+    """A fresh name unless one is given: a stale run folder with the same name would silently resume."""
+    if cfg.train.run_name:
+        return cfg.train.run_name
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+    return f"{cfg.recipe}-{stamp}"
+
+
+def run_uri(cfg: Config, name: str) -> str:
+    return storage.join(cfg.store.uri, "runs", name)
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def rng_state() -> dict:
+    """Torch's generators (dropout, noise); data randomness is keyed by (seed, epoch) and needs none."""
+    return {"torch": torch.get_rng_state(),
+            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(folder: Path, recipe, cfg: Config, epoch: int, global_step: int, metrics: dict) -> None:
+    torch.save({"recipe": recipe.state_dict(), "epoch": epoch, "global_step": global_step, "rng": rng_state(),
+                "config": cfg.model_dump(mode="json")}, folder / STATE_FILE)
+    meta = {"recipe": cfg.recipe, "epoch": epoch, "global_step": global_step, "metrics": metrics,
+            "config": cfg.model_dump(mode="json")}
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
+
+
+def load_state(folder: str | Path) -> dict:
+    """A checkpoint's state.pt, without pickle (weights_only)."""
+    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def fetch_checkpoint(uri: str, options: storage.StoreOptions | None = None) -> Path:
+    """A local folder holding the checkpoint at ``uri`` (downloaded first when it is remote)."""
+    if not storage.is_remote(uri):
+        folder = Path(storage.join(uri))
+        if not (folder / STATE_FILE).exists():
+            raise FileNotFoundError(f"{uri}: not a ray-ganime checkpoint (no {STATE_FILE})")
+        return folder
+    local = Path(tempfile.mkdtemp(prefix="ganime-ckpt-"))
+    storage.download(uri, str(local), options)
+    if not (local / STATE_FILE).exists():
+        raise FileNotFoundError(f"{uri}: not a ray-ganime checkpoint (no {STATE_FILE})")
+    return local
+
+
+def load_generator(uri: str, device: str = "cpu", options: storage.StoreOptions | None = None):
+    """(generator in eval mode, checkpoint meta) from a checkpoint folder, local or s3://."""
+    folder = fetch_checkpoint(uri, options)
+    state = load_state(folder)
+    cfg = Config.model_validate(state["config"])
+    recipe = recipe_class(cfg.recipe)(cfg, device)
+    recipe.load_state_dict(state["recipe"], nets_only=True)
+    meta = json.loads((folder / META_FILE).read_text())
+    return recipe.generator().eval(), {**meta, "checkpoint": uri}
+
+
+# ------------------------------------------------------------------------------------ the worker loop
+
+
+def _fixed_sample_batch(data: ShardData, n: int = 8) -> dict[str, torch.Tensor]:
+    """The same few test examples every epoch, decoded without jitter, for the sample grids."""
+    from ray_ganime import transforms
+
+    split = "test" if data.count("test") else "train"
+    rows = shards.read_rows(data.uri, split=split, limit=n, options=data.options)
+    stage = DecodeStage(data.columns, data.cfg.crop_size, data.cfg.interpolation)
+    decoded = stage({c: np.array([r[c] for r in rows], dtype=object) for c in ("id", *data.columns)})
+    return {c: transforms.to_tensor(decoded[c]) for c in data.columns}
+
+
+def parameter_checksums(nets: dict[str, torch.nn.Module]) -> torch.Tensor:
+    """One float64 number per network (sum and a position-weighted sum of its parameters)."""
+    sums = []
+    for net in nets.values():
+        flat = torch.cat([p.detach().double().flatten().cpu() for p in net.parameters()])
+        sums += [flat.sum(), (flat * torch.linspace(1, 2, len(flat), dtype=torch.float64)).sum()]
+    return torch.stack(sums)
+
+
+def check_ranks_in_sync(nets: dict[str, torch.nn.Module], world: int) -> None:
+    """Fail loudly if any rank's weights differ from rank 0's: a DDP reducer that silently skips a
+    network (a known failure of GAN code) would otherwise train N different models."""
+    mine = parameter_checksums(nets)
+    gathered = [torch.zeros_like(mine) for _ in range(world)]
+    torch.distributed.all_gather(gathered, mine)
+    for rank, other in enumerate(gathered):
+        if not torch.equal(other, gathered[0]):
+            raise RuntimeError(f"rank {rank}'s weights differ from rank 0's: data-parallel training is broken "
+                               f"({other.tolist()} vs {gathered[0].tolist()})")
+
+
+def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    fmt = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
+    return {k: v.to(device, non_blocking=True, memory_format=fmt) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+class RunLog:
+    """Rank 0's record of the run: metrics.jsonl, TensorBoard scalars and sample grids, on the store."""
+
+    def __init__(self, uri: str, options, start_epoch: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.uri, self.options = uri, options
+        self.tb_dir = Path(tempfile.mkdtemp(prefix="ganime-tb-"))
+        self.tb = SummaryWriter(str(self.tb_dir))
+        path = storage.join(uri, "metrics.jsonl")
+        previous = storage.read_bytes(path, options).decode().splitlines() if storage.exists(path, options) else []
+        self.lines = [line for line in previous if line and json.loads(line)["epoch"] <= start_epoch]
+
+    def epoch(self, metrics: dict) -> None:
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and k != "epoch":
+                self.tb.add_scalar(k, v, metrics["epoch"])
+        self.tb.flush()
+        self.lines.append(json.dumps(metrics))
+        storage.write_bytes(storage.join(self.uri, "metrics.jsonl"), ("\n".join(self.lines) + "\n").encode(),
+                            self.options)
+        storage.upload(str(self.tb_dir), storage.join(self.uri, "tensorboard"), self.options)
+
+    def samples(self, epoch: int, rows: list[list[np.ndarray]]) -> None:
+        png = images.encode_png(preview.grid(rows, size=min(256, rows[0][0].shape[0] * 2)))
+        storage.write_bytes(storage.join(self.uri, "samples", f"epoch_{epoch:04d}.png"), png, self.options)
+
+
+def train_loop(loop_config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    cfg = Config.model_validate(loop_config["cfg"])
+    uri, options = loop_config["run_uri"], cfg.store.options()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    recipe = recipe_class(cfg.recipe)(cfg, device)
+    if world > 1:
+        # One DDP wrapper per network: the G and D steps each synchronise only their own gradients.
+        # No buffer broadcast: D runs twice per step (real, fake), and its BN statistics are never used.
+        ids = [device.index] if device.type == "cuda" else None
+        recipe.wrap(lambda net: DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False))
+
+    start_epoch, step = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None or cfg.train.resume_from:
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                state = load_state(folder)
+        else:
+            state = load_state(fetch_checkpoint(cfg.train.resume_from, options))
+        recipe.load_state_dict(state["recipe"])
+        start_epoch, step = state["epoch"], state["global_step"]
+        if rank == 0:
+            set_rng_state(state["rng"])
+    data = ShardData(loop_config["dataset_uri"], cfg.data, options)
+    train_shard = ray.train.get_dataset_shard("train")
+    log = RunLog(uri, options, start_epoch) if rank == 0 else None
+    fixed = _to_device(_fixed_sample_batch(data), device, cfg.train.channels_last) if rank == 0 else None
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        started, sums, n_steps, n_images = time.perf_counter(), defaultdict(float), 0, 0
+        for batch in data.iter_batches(train_shard, epoch=epoch):
+            batch = _to_device(batch, device, cfg.train.channels_last)
+            losses = recipe.train_step(batch)
+            for k, v in losses.items():  # tensors: no host sync per step
+                sums[k] = sums[k] + v
+            n_steps, n_images, step = n_steps + 1, n_images + len(batch["id"]), step + 1
+            if cfg.train.max_steps_per_epoch and n_steps >= cfg.train.max_steps_per_epoch:
+                break
+        if n_steps == 0:
+            raise ValueError(f"epoch {epoch + 1}: no batches (fewer training examples than data.batch_size "
+                             f"{cfg.data.batch_size} per worker?)")
+        seconds = time.perf_counter() - started
+        lrs = recipe.learning_rates()  # the LR this epoch trained with
+        recipe.end_epoch()
+        totals = torch.stack([torch.as_tensor(float(sums[k])) for k in sorted(sums)] + [torch.tensor(float(n_images))])
+        if world > 1:
+            torch.distributed.all_reduce(totals)
+        *loss_sums, images_total = totals.tolist()
+        metrics = {"epoch": epoch + 1, "global_step": step, "epoch_time_s": seconds,
+                   "images_per_s": images_total / seconds, **lrs,
+                   **{k: s / (n_steps * world) for k, s in zip(sorted(sums), loss_sums)}}
+
+        last = epoch + 1 == cfg.train.epochs or epoch + 1 == cfg.train.stop_after
+        if world > 1 and ((epoch + 1) % cfg.train.checkpoint_every == 0 or last):
+            check_ranks_in_sync(recipe.nets, world)
+            metrics["ranks_in_sync"] = True
+        if rank == 0:
+            log.epoch(metrics)
+            if (epoch + 1) % cfg.train.sample_every == 0 or last or epoch == start_epoch:
+                log.samples(epoch + 1, recipe.samples(fixed))
+        if (epoch + 1) % cfg.train.checkpoint_every == 0 or last:
+            with tempfile.TemporaryDirectory() as folder:
+                if rank == 0:
+                    save_checkpoint(Path(folder), recipe, cfg, epoch + 1, step, metrics)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None,
+                                 checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}")
+        else:
+            ray.train.report(metrics)
+        if epoch + 1 == cfg.train.stop_after:
+            break
+
+
+# ------------------------------------------------------------------------------------ the driver
+
+
+def fit(cfg: Config) -> dict:
+    """Train ``cfg`` on the connected Ray cluster; returns where the run, its checkpoint and metrics are."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from ray_ganime.runtime import init_ray
+
+    init_ray()
+    recipe_cls = recipe_class(cfg.recipe)
+    recipe_cls.validate(recipe_cls.ModelOptions, cfg.model, "model")  # fail before any worker starts
+    recipe_cls.validate(recipe_cls.LossOptions, cfg.loss, "loss")
+    data = ShardData.from_config(cfg)
+    if data.kind != recipe_cls.task:
+        raise ValueError(f"recipe {cfg.recipe} trains on {recipe_cls.task} data, but {data.uri} is {data.kind}")
+    name = run_name(cfg)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"run_name": name})})
+    uri = run_uri(cfg, name)
+    storage.check_writable(uri, cfg.store.options())
+    storage.write_bytes(storage.join(uri, "config.yaml"),
+                        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode(), cfg.store.options())
+
+    use_gpu = cfg.train.use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    runs = storage.resolve(storage.join(cfg.store.uri, "runs"), cfg.store.options())
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": uri, "dataset_uri": data.uri},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=runs.path, storage_filesystem=runs.pa_fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
+        datasets={"train": data.dataset("train")},
+        dataset_config=ray.train.DataConfig(
+            execution_options=ray.data.ExecutionOptions(preserve_order=cfg.data.deterministic)),
+    )
+    result = trainer.fit()
+    checkpoint = result.checkpoint
+    return {"run": uri, "name": name, "metrics": dict(result.metrics or {}),
+            "checkpoint": _checkpoint_uri(cfg, checkpoint.path) if checkpoint else None}
+
+
+def _checkpoint_uri(cfg: Config, path: str) -> str:
+    return f"s3://{path}" if storage.is_remote(cfg.store.uri) else path

@@ -1,0 +1,145 @@
+"""Shared pytest fixtures. Each section is self-contained."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+# ===================================================================================================
+# S3: a real S3 server (moto_server) on loopback
+#
+# A real HTTP server, not moto's in-process mock_aws: pyarrow's C++ S3 client and Ray worker processes
+# never see an in-process mock.
+#   s3_server       session: endpoint URL; sets the AWS_* env vars in os.environ for the whole session so
+#                   that Ray workers started later inherit them (start it before Ray to use S3 from workers)
+#   s3_bucket       function: a fresh, empty bucket, as "s3://<name>"
+#   s3_auth_server  session: a second server that enforces IAM auth, so every request with the test
+#                   credentials is refused (InvalidAccessKeyId / 403); os.environ is left alone
+# ===================================================================================================
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+# Would change how requests are signed or where credentials come from, so they are unset while the server runs.
+S3_ENV_CLEARED = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _moto_server(log_dir: Path, extra_env: dict[str, str] | None = None, timeout_s: float = 20.0) -> Iterator[str]:
+    """Runs ``moto_server`` on a free loopback port; yields its endpoint URL once it answers HTTP."""
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    exe = Path(sys.executable).parent / "moto_server"
+    log_path = log_dir / f"moto-{port}.log"
+    env = {**os.environ, **(extra_env or {})}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {proc.returncode}:\n{log_path.read_text()[-2000:]}")
+            try:
+                # Any HTTP answer (even an auth error) means it is serving.
+                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not answer on {endpoint} within {timeout_s:.0f} s:\n"
+                                       f"{log_path.read_text()[-2000:]}") from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[str]:
+    """Endpoint URL of a loopback S3 server; AWS_* env vars point at it for the rest of the session."""
+    with _moto_server(tmp_path_factory.mktemp("s3-server")) as endpoint:
+        env = {**S3_ENV, "AWS_ENDPOINT_URL_S3": endpoint}
+        saved = {name: os.environ.get(name) for name in (*env, *S3_ENV_CLEARED)}
+        # os.environ rather than monkeypatch: Ray workers started later in the session must inherit it.
+        for name in S3_ENV_CLEARED:
+            os.environ.pop(name, None)
+        os.environ.update(env)
+        try:
+            yield endpoint
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> Iterator[str]:
+    """A fresh, uniquely named bucket on ``s3_server``, as "s3://<name>"; emptied and deleted afterwards."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_server, region_name=S3_ENV["AWS_DEFAULT_REGION"],
+                          aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"])
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    client.create_bucket(Bucket=name)
+    yield f"s3://{name}"
+    with contextlib.suppress(Exception):  # best effort: the server's memory goes with it at session end
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=name, Delete={"Objects": keys})
+        client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture(scope="session")
+def s3_auth_server(tmp_path_factory) -> Iterator[str]:
+    """Endpoint URL of a loopback S3 server that refuses the test credentials (moto with IAM auth on)."""
+    with _moto_server(tmp_path_factory.mktemp("s3-auth-server"), {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:
+        yield endpoint
+
+
+# ===================================================================================================
+# Ray: one local instance for the whole session (ray.init costs seconds; tests share it)
+#   ray_session     session: a local Ray with 2 CPUs. It starts after s3_server so that its workers
+#                   inherit the AWS_* variables pointing at the loopback S3 server.
+# ===================================================================================================
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server, tmp_path_factory) -> Iterator[None]:
+    import ray
+
+    from ray_ganime.runtime import init_ray
+
+    os.environ.setdefault("GANIME_STORE", str(tmp_path_factory.mktemp("store")))
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()

@@ -1,0 +1,201 @@
+"""Ingest layouts -> shards: counts, bad files listed, good bytes round-trip exactly."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from ray_ganime import images, shards, storage
+from ray_ganime.ingest import IngestOptions, ingest
+
+
+def png(seed: int, w: int = 24, h: int = 16) -> bytes:
+    return images.encode_png(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def jpeg(seed: int, w: int = 24, h: int = 16) -> bytes:
+    return images.encode_jpeg(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def add_bad_files(folder: Path) -> dict[str, str]:
+    """Zero-byte, truncated, non-image and garbage files; returns name -> expected reason fragment."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "truncated.png").write_bytes(png(99, 64, 64)[:200])
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "garbage.jpg").write_bytes(np.random.default_rng(5).bytes(500))
+    return {"empty.png": "empty", "truncated.png": "", "notes.txt": "not an image", "garbage.jpg": "not an image"}
+
+
+def test_paired_concat_splits_halves_and_lists_bad_files(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    originals = {}
+    for i in range(10):
+        color = np.random.default_rng(i).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+        sketch = np.random.default_rng(100 + i).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+        (src / f"{i:03d}.png").write_bytes(images.encode_png(np.concatenate([color, sketch], axis=1)))
+        originals[f"{i:03d}"] = (color, sketch)
+    bad = add_bad_files(src)
+    manifest = ingest("paired-concat", src, str(tmp_path / "ds"), IngestOptions(seed=3), progress=False)
+
+    assert manifest["kind"] == "paired"
+    # the seeded 80/20 split is drawn over the files found (14), before bad ones are dropped
+    assert manifest["counts"]["train"] + manifest["counts"]["test"] == 10 and manifest["counts"]["test"] >= 1
+    assert sorted(s["source"] for s in manifest["skipped"]) == sorted(bad)
+    for s in manifest["skipped"]:
+        assert bad[s["source"]] in s["reason"]
+    rows = shards.read_rows(str(tmp_path / "ds"))
+    assert len(rows) == 10
+    for row in rows:
+        color, sketch = originals[row["id"]]
+        np.testing.assert_array_equal(images.decode_rgb(row["color"]), color)
+        np.testing.assert_array_equal(images.decode_rgb(row["sketch"]), sketch)
+        assert (row["width"], row["height"]) == (20, 16)
+    # the manifest is the last thing written and describes every shard on disk
+    on_disk = sorted(p.relative_to(tmp_path / "ds").as_posix() for p in (tmp_path / "ds").rglob("*.parquet"))
+    assert on_disk == [s["path"] for s in manifest["shards"]]
+    assert not list((tmp_path / "ds").rglob("*.tmp"))
+
+
+def test_paired_concat_color_side_right(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    left = np.zeros((8, 8, 3), np.uint8)
+    right = np.full((8, 8, 3), 255, np.uint8)
+    (src / "a.png").write_bytes(images.encode_png(np.concatenate([left, right], axis=1)))
+    ingest("paired-concat", src, str(tmp_path / "ds"), IngestOptions(color_side="right", test_fraction=0), progress=False)
+    (row,) = shards.read_rows(str(tmp_path / "ds"))
+    assert images.decode_rgb(row["color"]).min() == 255 and images.decode_rgb(row["sketch"]).max() == 0
+
+
+def test_paired_dirs_keeps_original_bytes_and_reports_orphans(tmp_path):
+    src = tmp_path / "src"
+    for split in ("train", "test"):
+        for i in range(3):
+            (src / "A" / split).mkdir(parents=True, exist_ok=True)
+            (src / "B" / split).mkdir(parents=True, exist_ok=True)
+            (src / "A" / split / f"{i}.png").write_bytes(png(i))
+            (src / "B" / split / f"{i}.jpg").write_bytes(jpeg(50 + i))
+    (src / "B" / "train" / "orphan.png").write_bytes(png(7))
+    (src / "A" / "train" / "lonely.png").write_bytes(png(8))
+    (src / "A" / "train" / "odd.png").write_bytes(png(9, 30, 30))
+    (src / "B" / "train" / "odd.png").write_bytes(png(10, 24, 16))
+    manifest = ingest("paired-dirs", src, str(tmp_path / "ds"), progress=False)
+
+    assert manifest["counts"] == {"test": 3, "train": 3}
+    reasons = {s["source"]: s["reason"] for s in manifest["skipped"]}
+    assert "no matching file in A/" in reasons["B/train/orphan.png"]
+    assert "no matching file in B/" in reasons["A/train/lonely.png"]
+    assert "geometry" in reasons["A/train/odd.png | B/train/odd.png"]
+    rows = {r["id"]: r for r in shards.read_rows(str(tmp_path / "ds"))}
+    assert rows["train/1"]["sketch"] == png(1)  # A is the sketch side by default; bytes untouched
+    assert rows["test/2"]["color"] == jpeg(52)
+    assert rows["test/2"]["split"] == "test"
+
+
+def test_unpaired_takes_split_and_domain_from_folders(tmp_path):
+    src = tmp_path / "src"
+    sizes = {"trainA": 5, "trainB": 4, "testA": 2, "testB": 1}
+    for folder, n in sizes.items():
+        (src / folder).mkdir(parents=True)
+        for i in range(n):
+            (src / folder / f"{i}.png").write_bytes(png(hash(folder) % 1000 + i))
+    add_bad_files(src / "trainB")
+    manifest = ingest("unpaired", src, str(tmp_path / "ds"), progress=False)
+    assert manifest["counts"] == {"test/A": 2, "test/B": 1, "train/A": 5, "train/B": 4}
+    assert len(manifest["skipped"]) == 4
+    assert {s["path"].rsplit("/", 1)[0] for s in manifest["shards"]} == {"train/A", "train/B", "test/A", "test/B"}
+    for shard in manifest["shards"]:
+        table = pq.read_table(tmp_path / "ds" / shard["path"])
+        folder = shard["path"].rsplit("/", 1)[0]
+        assert set(table["domain"].to_pylist()) == {folder[-1]}
+        assert set(table["split"].to_pylist()) == {folder.split("/")[0]}
+
+
+def test_folder_labels_and_exact_seeded_split(tmp_path):
+    src = tmp_path / "faces"
+    for label in ("red", "blue"):
+        (src / label).mkdir(parents=True)
+        for i in range(10):
+            (src / label / f"{i}.png").write_bytes(png(i + (100 if label == "red" else 0)))
+    m1 = ingest("folder", src, str(tmp_path / "ds1"), IngestOptions(seed=1), progress=False)
+    m2 = ingest("folder", src, str(tmp_path / "ds2"), IngestOptions(seed=1), progress=False)
+    m3 = ingest("folder", src, str(tmp_path / "ds3"), IngestOptions(seed=2), progress=False)
+    assert m1["counts"] == {"test": 4, "train": 16}
+    split_of = lambda uri: {r["id"]: r["split"] for r in shards.read_rows(uri)}
+    assert split_of(str(tmp_path / "ds1")) == split_of(str(tmp_path / "ds2"))
+    assert split_of(str(tmp_path / "ds1")) != split_of(str(tmp_path / "ds3"))
+    labels = {r["id"]: r["label"] for r in shards.read_rows(str(tmp_path / "ds1"))}
+    assert labels["red/3"] == "red" and labels["blue/9"] == "blue"
+
+
+def test_nothing_usable_fails_loudly_and_leaves_no_data_set(tmp_path):
+    src = tmp_path / "src"
+    add_bad_files(src)
+    with pytest.raises(ValueError, match="no usable images"):
+        ingest("folder", src, str(tmp_path / "ds"), progress=False)
+    assert not (tmp_path / "ds" / shards.MANIFEST).exists()
+
+
+def test_refuses_to_overwrite_a_data_set(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(png(1))
+    ingest("folder", src, str(tmp_path / "ds"), progress=False)
+    with pytest.raises(FileExistsError):
+        ingest("folder", src, str(tmp_path / "ds"), progress=False)
+
+
+def test_max_side_downscales_large_images(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.png").write_bytes(png(1, 200, 100))
+    (src / "small.png").write_bytes(png(2, 20, 10))
+    ingest("folder", src, str(tmp_path / "ds"), IngestOptions(max_side=50, test_fraction=0), progress=False)
+    rows = {r["id"]: r for r in shards.read_rows(str(tmp_path / "ds"))}
+    assert (rows["big"]["width"], rows["big"]["height"]) == (50, 25)
+    assert images.decode_rgb(rows["big"]["image"]).shape == (25, 50, 3)
+    assert rows["small"]["image"] == png(2, 20, 10)
+
+
+def test_shard_writer_rolls_shards_by_size_and_abort_leaves_nothing(tmp_path):
+    rows = [{"id": f"{i}", "split": "train", "image": png(i, 32, 32), "width": 32, "height": 32, "source": "t"}
+            for i in range(12)]
+    one = len(rows[0]["image"])
+    with shards.ShardWriter(str(tmp_path / "ds"), "folder", shard_bytes=3 * one, row_group_bytes=one) as w:
+        for r in rows:
+            w.write(r)
+    manifest = shards.read_manifest(str(tmp_path / "ds"))
+    assert len(manifest["shards"]) >= 3
+    assert sum(s["rows"] for s in manifest["shards"]) == 12
+    assert [r["image"] for r in shards.read_rows(str(tmp_path / "ds"))] == [r["image"] for r in rows]
+
+    with pytest.raises(RuntimeError):
+        with shards.ShardWriter(str(tmp_path / "broken"), "folder", shard_bytes=1 << 30) as w:
+            w.write(rows[0])
+            raise RuntimeError("crash mid-ingest")
+    assert not (tmp_path / "broken" / shards.MANIFEST).exists()
+    assert not [p for p in (tmp_path / "broken").rglob("*") if p.is_file()]
+    with pytest.raises(storage.StorageError, match="not a ray-ganime data set"):
+        shards.read_manifest(str(tmp_path / "broken"))
+
+
+def test_decode_rgb_handles_modes_and_refuses_bombs():
+    gray = Image.new("L", (4, 4), 128)
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent -> white paper
+    for im, expected in ((gray, (128, 128, 128)), (rgba, (255, 255, 255))):
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        out = images.decode_rgb(buf.getvalue())
+        assert out.shape == (4, 4, 3) and tuple(out[0, 0]) == expected
+    bomb = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(bomb, format="PNG")  # tiny file, 400 Mpx when decoded
+    with pytest.raises(images.BadImage, match="pixel"):
+        images.decode_rgb(bomb.getvalue())

@@ -1,0 +1,234 @@
+"""The pix2pix U-Net and PatchGAN: canonical sizes and counts, gradients, bf16 autocast + channels_last.
+
+Only one 54M-parameter U-Net is materialised (module fixture); the other canonical counts are taken on the
+meta device, and behaviour is checked on narrow (ngf/ndf = 8) nets at 64 px, which have the same structure.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ray_ganime.nets import (
+    PatchDiscriminator,
+    UNetGenerator,
+    count_parameters,
+    init_weights,
+    make_norm,
+    receptive_field,
+)
+
+NORMS = ["batch", "instance", "none"]
+
+
+@pytest.fixture(scope="module")
+def unet256() -> UNetGenerator:
+    torch.manual_seed(0)
+    return UNetGenerator()
+
+
+def _on_meta(factory, **kwargs) -> nn.Module:
+    # Shapes and counts without allocating (or initialising) tens of millions of weights.
+    with torch.device("meta"):
+        return factory(**kwargs)
+
+
+def _dropouts(net: nn.Module) -> int:
+    return sum(isinstance(m, nn.Dropout) for m in net.modules())
+
+
+# ---------------------------------------------------------------------------------------- canonical counts
+
+
+def test_unet_256_batch_norm_parameter_count(unet256):
+    assert count_parameters(unet256) == 54_413_955
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    (dict(image_size=256, norm="instance"), 54_409_603),
+    (dict(image_size=128, norm="batch"), 41_828_995),
+])
+def test_unet_parameter_counts(kwargs, expected):
+    assert count_parameters(_on_meta(UNetGenerator, **kwargs)) == expected
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    (dict(in_channels=6, norm="batch"), 2_768_705),
+    (dict(in_channels=3, norm="instance"), 2_764_737),
+])
+def test_patch_discriminator_parameter_counts(kwargs, expected):
+    assert count_parameters(PatchDiscriminator(**kwargs)) == expected
+
+
+def test_count_parameters_counts_only_trainable_parameters():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), make_norm("batch", 4))  # 3*4*9 + 4 conv, 4 + 4 norm, buffers not
+    assert count_parameters(net) == 120
+    net[0].weight.requires_grad_(False)
+    assert count_parameters(net) == 120 - 108
+
+
+# ------------------------------------------------------------------------------------------------ shapes
+
+
+def test_unet_256_output_shape_and_range(unet256):
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    unet256.eval()
+    with torch.no_grad():
+        y = unet256(x)
+    assert y.shape == (1, 3, 256, 256)
+    assert y.dtype == torch.float32
+    assert torch.isfinite(y).all() and y.abs().max() <= 1
+    assert y.std() > 0  # not collapsed to a constant
+
+
+@pytest.mark.parametrize(("size", "depth", "dropouts"), [(256, 8, 3), (128, 7, 2), (64, 6, 1), (32, 5, 0)])
+def test_unet_depth_follows_image_size(size, depth, dropouts):
+    net = _on_meta(UNetGenerator, image_size=size)
+    assert net.num_downs == depth and len(net.encoder) == len(net.decoder) == depth
+    assert net.size_multiple == size
+    assert _dropouts(net) == dropouts  # canonical: num_downs - 5 dropout blocks
+
+
+def test_unet_without_dropout_has_no_dropout_layers():
+    assert _dropouts(_on_meta(UNetGenerator, dropout=0.0)) == 0
+
+
+def test_unet_skips_concatenate_channels():
+    # Each up convolution but the innermost reads skip + upsampled channels: twice its level's width.
+    net = _on_meta(UNetGenerator, image_size=64, ngf=8)
+    assert [up.conv.in_channels for up in net.decoder] == [64, 128, 128, 64, 32, 16]
+    assert [down.conv.out_channels for down in net.encoder] == [8, 16, 32, 64, 64, 64]
+
+
+def test_unet_any_size_divisible_by_size_multiple():
+    net = UNetGenerator(ngf=8, num_downs=6).eval()
+    with torch.no_grad():
+        y = net(torch.randn(2, 3, 64, 128))
+    assert y.shape == (2, 3, 64, 128)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 64, 96), (1, 3, 96, 64), (1, 3, 32, 32)])
+def test_unet_rejects_size_not_divisible(shape):
+    net = UNetGenerator(ngf=8, num_downs=6)
+    with pytest.raises(ValueError, match="divisible by 2\\*\\*6 = 64"):
+        net(torch.randn(shape))
+
+
+def test_unet_rejects_bad_depth_arguments():
+    with pytest.raises(ValueError, match="power of two"):
+        UNetGenerator(image_size=96)
+    with pytest.raises(ValueError, match="num_downs"):
+        UNetGenerator(num_downs=1)
+    with pytest.raises(ValueError, match="unknown norm"):
+        UNetGenerator(image_size=32, norm="group")
+
+
+@pytest.mark.parametrize(("size", "side"), [(256, 30), (128, 14), (64, 6)])
+def test_patch_discriminator_map_size(size, side):
+    net = PatchDiscriminator(ndf=8).eval()
+    with torch.no_grad():
+        logits = net(torch.randn(1, 6, size, size))
+    assert logits.shape == (1, 1, side, side)
+
+
+def test_receptive_field():
+    assert receptive_field(3) == 70 == PatchDiscriminator().receptive_field
+    assert [receptive_field(n) for n in (1, 2, 4)] == [16, 34, 142]
+
+
+def test_receptive_field_matches_input_gradient_extent():
+    # One logit of the default 70x70 PatchGAN must depend on exactly a 70x70 patch of its input.
+    torch.manual_seed(0)
+    net = PatchDiscriminator(in_channels=3, ndf=8).eval()  # eval: batch statistics would couple all pixels
+    x = torch.randn(1, 3, 128, 128, requires_grad=True)
+    net(x)[0, 0, 7, 7].backward()
+    rows, cols = (x.grad.abs().sum(dim=(0, 1)) > 0).nonzero(as_tuple=True)
+    assert rows.max() - rows.min() + 1 == cols.max() - cols.min() + 1 == receptive_field(3)
+
+
+# ------------------------------------------------------------------------------------------------- init
+
+
+def test_init_weights_is_canonical_normal_002(unet256):
+    convs = [m for m in unet256.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    big = max(convs, key=lambda m: m.weight.numel())
+    assert big.weight.std().item() == pytest.approx(0.02, rel=0.02)
+    assert big.weight.mean().abs().item() < 1e-3
+    assert all(torch.all(m.bias == 0) for m in convs if m.bias is not None)
+    gains = torch.cat([m.weight.detach() for m in unet256.modules() if isinstance(m, nn.BatchNorm2d)])
+    shifts = torch.cat([m.bias.detach() for m in unet256.modules() if isinstance(m, nn.BatchNorm2d)])
+    assert gains.mean().item() == pytest.approx(1.0, abs=3e-3)
+    assert gains.std().item() == pytest.approx(0.02, rel=0.1)
+    assert torch.all(shifts == 0)
+
+
+def test_init_weights_gain_and_return_value():
+    net = nn.Sequential(nn.Conv2d(64, 64, 4), nn.BatchNorm2d(64))
+    assert init_weights(net, gain=0.1) is net
+    assert net[0].weight.std().item() == pytest.approx(0.1, rel=0.05)
+    d = PatchDiscriminator(ndf=8)
+    assert d.model.logits.weight.std().item() == pytest.approx(0.02, rel=0.2)
+
+
+# ------------------------------------------------------------------------------------ training behaviour
+
+
+def _small_pair(norm: str) -> tuple[UNetGenerator, PatchDiscriminator]:
+    torch.manual_seed(0)
+    return UNetGenerator(ngf=8, num_downs=6, norm=norm), PatchDiscriminator(in_channels=6, ndf=8, norm=norm)
+
+
+def _pix2pix_step(g: nn.Module, d: nn.Module, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    fake = g(condition)
+    logits = d(torch.cat([condition, fake], dim=1))
+    # Squares and a fixed random mix, not a plain mean: a mean right after a batch norm has zero gradient.
+    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1))
+    return fake, (logits.float().square() * weights).sum() + fake.float().square().mean()
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_every_parameter_gets_a_gradient(norm):
+    # An unused parameter hangs DistributedDataParallel (or forces find_unused_parameters=True).
+    g, d = _small_pair(norm)
+    g.train(), d.train()
+    _, loss = _pix2pix_step(g, d, torch.randn(2, 3, 64, 64))
+    loss.backward()
+    for net in (g, d):
+        for name, p in net.named_parameters():
+            assert p.grad is not None, f"{type(net).__name__}.{name} got no gradient"
+            assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{type(net).__name__}.{name}"
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_channels_last_matches_contiguous(norm):
+    g, d = _small_pair(norm)
+    g.eval(), d.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fake, logits = g(x), d(torch.cat([x, g(x)], dim=1))
+        g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        fake_cl = g(x_cl)
+        logits_cl = d(torch.cat([x_cl, fake_cl], dim=1))
+    torch.testing.assert_close(fake_cl, fake, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits_cl, logits, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_bf16_autocast_channels_last_forward_backward(norm):
+    g, d = _small_pair(norm)
+    g.train(), d.train()
+    g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fake, loss = _pix2pix_step(g, d, x)
+    assert fake.dtype == torch.bfloat16  # autocast really ran the convolutions in bf16
+    assert fake.shape == (2, 3, 64, 64) and torch.isfinite(fake).all()
+    assert torch.isfinite(loss)
+    loss.backward()
+    for net in (g, d):
+        for name, p in net.named_parameters():
+            assert p.dtype == torch.float32, name  # master weights stay float32
+            assert p.grad is not None and p.grad.dtype == torch.float32, name
+            assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
