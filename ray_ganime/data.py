@@ -133,10 +133,6 @@ class ShardData:
     def from_config(cls, cfg: Config) -> "ShardData":
         return cls(cfg.dataset_uri(), cfg.data, cfg.store.options())
 
-    @property
-    def domains(self) -> tuple[str | None, ...]:
-        return shards.DOMAINS if self.kind == "unpaired" else (None,)
-
     def count(self, split: str, domain: str | None = None) -> int:
         key = f"{split}/{domain}" if domain else split
         return int(self.manifest["counts"].get(key, 0))

@@ -17,7 +17,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) 
     if address:
         ray.init(address=address, logging_level=logging.WARNING, **kwargs)
         return
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-             configure_logging=True, **kwargs)
-    # Progress bars of every Ray Data operator drown the CLI's own output on small machines.
+    # Workers log at WARNING: Ray Data's per-epoch INFO lines drown the run's own output on a laptop.
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, configure_logging=True,
+             logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"), **kwargs)
+    # Progress bars and per-epoch INFO lines of every Ray Data operator drown the CLI's own output.
     ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)

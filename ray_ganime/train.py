@@ -297,7 +297,10 @@ def fit(cfg: Config) -> dict:
     )
     result = trainer.fit()
     checkpoint = result.checkpoint
-    return {"run": uri, "name": name, "metrics": dict(result.metrics or {}),
+    skipped, reasons = data.skipped()
+    if skipped:
+        print(f"skipped {skipped} rows that did not decode, e.g. {reasons[:3]}")
+    return {"run": uri, "name": name, "metrics": dict(result.metrics or {}), "skipped_rows": skipped,
             "checkpoint": _checkpoint_uri(cfg, checkpoint.path) if checkpoint else None}
 
 
