@@ -8,12 +8,15 @@ Where each stage runs:
   against the target on uint8 (tf.image.ssim), Inception pool-3 features of the generated and of the
   target images. Rows leave the actor as ``id``, ``ssim``, ``feat_fake``/``feat_real`` (2048 float32)
   -- never the images, except a few PNG-encoded (input | output | target) triplets for the sample sheet.
+  (On a CPU-only cluster Ray Data fuses the decode stage into this actor; with a GPU it stays apart.)
 - The driver: streams those rows and accumulates SSIM and the feature moments in float64 (memory does
-  not grow with the split: two 2048x2048 sums), then FID = Fréchet distance of the two Gaussians.
+  not grow with the split: two 2048x2048 sums, plus the features themselves while there are fewer than
+  1024 images), then FID = Fréchet distance of the two Gaussians.
 
 Both FID sets are quantised the same way: the generated image goes through uint8 (as a saved PNG
-would) before Inception, which sees ``uint8 / 255``. Inception runs in float32 even on CUDA (bf16
-features would move the FID); only the generator uses bf16 autocast + channels_last there.
+would) before Inception, which sees ``uint8 / 255``. Inception runs in float32 even on CUDA (no bf16
+autocast, no TF32: either would move the FID); only the generator uses bf16 autocast there. Both
+nets run channels_last on CUDA.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class _EvalUDF:
         if use_gpu and self.device.type != "cuda":
             raise RuntimeError("evaluation actor was given a GPU but torch sees no CUDA device")
         cuda = self.device.type == "cuda"
+        if cuda:  # true float32 convolutions for the features (cuDNN defaults to TF32, ~1e-3 off)
+            torch.backends.cudnn.conv.fp32_precision = "ieee"
         self.memory_format = torch.channels_last if cuda else torch.contiguous_format
         self.generator = generator.to(self.device, memory_format=self.memory_format).eval()
         self.generator.requires_grad_(False)
@@ -180,6 +185,8 @@ def evaluate_generator(generator: torch.nn.Module, data: ShardData, *, input_col
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if use_gpu is None:
         use_gpu = gpus > 0
+    elif use_gpu and not gpus:
+        raise ValueError("use_gpu=True but the Ray cluster has no GPUs (the evaluation actor would never start)")
     if concurrency is None:
         concurrency = (1, gpus) if use_gpu and gpus > 1 else 1
     pool = (ray.data.ActorPoolStrategy(size=concurrency) if isinstance(concurrency, int)
