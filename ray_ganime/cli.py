@@ -92,15 +92,14 @@ def _evaluate(cfg: cfgmod.Config, model_uri: str, data_uri: str | None, out_uri:
     init_ray()
     generator, meta = train.load_generator(model_uri, options=cfg.store.options())
     trained = cfgmod.Config.model_validate(meta["config"])
-    # The model's own preprocessing (sizes, interpolation); the data set may be another one.
-    data_cfg = trained.data.model_copy(update={"uri": data_uri or trained.data.uri})
-    data = ShardData(cfgmod.dataset_uri(data_cfg.uri, trained.store.uri) if not data_uri else data_uri,
-                     data_cfg, cfg.store.options())
+    # The model's own preprocessing (sizes, interpolation), on its own data set unless another is given.
+    data = ShardData(data_uri or trained.dataset_uri(), trained.data, cfg.store.options())
     result = evaluate.evaluate_generator(generator, data, split=cfg.eval.split, fid_weights=cfg.eval.fid_weights,
                                          max_images=cfg.eval.max_images, batch_size=cfg.eval.batch_size)
     out_uri = out_uri or storage.join(model_uri.rstrip("/") + "_eval")
     name = f"{meta['recipe']}" + (" + TV" if meta["config"].get("loss", {}).get("tv") else "")
-    files = evaluate.write_report(result, out_uri, name, extra={"checkpoint": model_uri, "epoch": meta["epoch"]})
+    files = evaluate.write_report(result, out_uri, name, extra={"checkpoint": model_uri, "epoch": meta["epoch"]},
+                                  options=cfg.store.options())
     print(f"\n{name}: FID {result['fid']:.1f}  SSIM {result['ssim']:.4f}  ({result['num_images']} images, "
           f"Inception weights: {result['fid_backbone']['name']})")
     if result.get("fid_warning"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -94,11 +95,15 @@ def fetch_checkpoint(uri: str, options: storage.StoreOptions | None = None) -> P
 def load_generator(uri: str, device: str = "cpu", options: storage.StoreOptions | None = None):
     """(generator in eval mode, checkpoint meta) from a checkpoint folder, local or s3://."""
     folder = fetch_checkpoint(uri, options)
-    state = load_state(folder)
+    try:
+        state = load_state(folder)
+        meta = json.loads((folder / META_FILE).read_text())
+    finally:
+        if storage.is_remote(uri):
+            shutil.rmtree(folder, ignore_errors=True)
     cfg = Config.model_validate(state["config"])
     recipe = recipe_class(cfg.recipe)(cfg, device)
     recipe.load_state_dict(state["recipe"], nets_only=True)
-    meta = json.loads((folder / META_FILE).read_text())
     return recipe.generator().eval(), {**meta, "checkpoint": uri}
 
 
@@ -166,6 +171,10 @@ class RunLog:
                             self.options)
         storage.upload(str(self.tb_dir), storage.join(self.uri, "tensorboard"), self.options)
 
+    def close(self) -> None:
+        self.tb.close()
+        shutil.rmtree(self.tb_dir, ignore_errors=True)
+
     def samples(self, epoch: int, rows: list[list[np.ndarray]]) -> None:
         png = images.encode_png(preview.grid(rows, size=min(256, rows[0][0].shape[0] * 2)))
         storage.write_bytes(storage.join(self.uri, "samples", f"epoch_{epoch:04d}.png"), png, self.options)
@@ -190,6 +199,7 @@ def train_loop(loop_config: dict) -> None:
         # No buffer broadcast: D runs twice per step (real, fake), and its BN statistics are never used.
         ids = [device.index] if device.type == "cuda" else None
         recipe.wrap(lambda net: DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False))
+        torch.manual_seed(cfg.train.seed + rank)  # but each rank its own dropout masks
 
     start_epoch, step = 0, 0
     checkpoint = ray.train.get_checkpoint()
@@ -250,6 +260,8 @@ def train_loop(loop_config: dict) -> None:
             ray.train.report(metrics)
         if epoch + 1 == cfg.train.stop_after:
             break
+    if log is not None:
+        log.close()
 
 
 # ------------------------------------------------------------------------------------ the driver
