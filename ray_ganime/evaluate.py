@@ -249,11 +249,6 @@ def evaluate_generator(generator: torch.nn.Module, data: ShardData, *, input_col
     return result
 
 
-def sample_tile_size(image_size: int) -> int:
-    """Tile size of samples.png: as the training sample grids (twice the image, at most 256 px)."""
-    return min(256, image_size * 2)
-
-
 def _fid_cell(result: dict) -> str:
     fid = result["fid"]
     if result.get("fid_backbone", {}).get("random_init"):
@@ -284,6 +279,6 @@ def write_report(result: dict, out_uri: str, model_name: str, extra: dict | None
     storage.write_bytes(uris["markdown"], ("\n".join(lines) + "\n").encode(), options)
 
     rows = [list(s) for s in result.get("samples") or []] or [[np.full((8, 8, 3), 255, np.uint8)] * 3]
-    sheet = preview.grid(rows, size=sample_tile_size(rows[0][0].shape[0]))
+    sheet = preview.sample_sheet(rows)
     storage.write_bytes(uris["samples"], images.encode_png(sheet), options)
     return uris

@@ -18,6 +18,16 @@ def grid(rows: list[list[np.ndarray]], size: int = 128, pad: int = 4) -> np.ndar
     return sheet
 
 
+def sample_tile_size(image_size: int) -> int:
+    """Tile size of sample sheets (training grids, evaluation samples): twice the image, at most 256 px."""
+    return min(256, image_size * 2)
+
+
+def sample_sheet(rows: list[list[np.ndarray]]) -> np.ndarray:
+    """Rows of (input, output, target) images as one sheet, tiled at sample_tile_size."""
+    return grid(rows, size=sample_tile_size(rows[0][0].shape[0]))
+
+
 def contact_sheet(rows: list[dict], image_columns: list[str], size: int = 128, per_line: int = 4) -> np.ndarray:
     """A sheet of data set rows (as read from shards); pairs stay side by side (sketch | color)."""
     tiles = [images.decode_rgb(r[c]) for r in rows for c in image_columns]

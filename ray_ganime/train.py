@@ -176,7 +176,7 @@ class RunLog:
         shutil.rmtree(self.tb_dir, ignore_errors=True)
 
     def samples(self, epoch: int, rows: list[list[np.ndarray]]) -> None:
-        png = images.encode_png(preview.grid(rows, size=min(256, rows[0][0].shape[0] * 2)))
+        png = images.encode_png(preview.sample_sheet(rows))
         storage.write_bytes(storage.join(self.uri, "samples", f"epoch_{epoch:04d}.png"), png, self.options)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from ray_ganime import evaluate, images, metrics, shards, storage, transforms
+from ray_ganime import evaluate, images, metrics, preview, shards, storage, transforms
 from ray_ganime.config import DataConfig
 from ray_ganime.data import DecodeStage, ShardData
 
@@ -127,7 +127,7 @@ def test_random_init_label_and_report_files(data, tmp_path):
     assert float(row[2]) == pytest.approx(result["ssim"], abs=5e-4)
 
     sheet = images.decode_rgb(storage.read_bytes(files["samples"]))
-    tile, pad, n = evaluate.sample_tile_size(SIZE), 4, len(result["samples"])
+    tile, pad, n = preview.sample_tile_size(SIZE), 4, len(result["samples"])
     assert sheet.shape == (n * (tile + pad) + pad, 3 * (tile + pad) + pad, 3)
 
 
