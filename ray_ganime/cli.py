@@ -85,22 +85,10 @@ def cmd_evaluate(args) -> None:
 
 def _evaluate(cfg: cfgmod.Config, model_uri: str, data_uri: str | None, out_uri: str | None) -> dict:
     """Evaluate a checkpoint's generator on a data set's test split; writes metrics, a table row, samples."""
-    from ray_ganime import evaluate, train
-    from ray_ganime.data import ShardData
-    from ray_ganime.runtime import init_ray
+    from ray_ganime import evaluate
 
-    init_ray()
-    generator, meta = train.load_generator(model_uri, options=cfg.store.options())
-    trained = cfgmod.Config.model_validate(meta["config"])
-    # The model's own preprocessing (sizes, interpolation), on its own data set unless another is given.
-    data = ShardData(data_uri or trained.dataset_uri(), trained.data, cfg.store.options())
-    result = evaluate.evaluate_generator(generator, data, split=cfg.eval.split, fid_weights=cfg.eval.fid_weights,
-                                         max_images=cfg.eval.max_images, batch_size=cfg.eval.batch_size)
-    out_uri = out_uri or storage.join(model_uri.rstrip("/") + "_eval")
-    name = f"{meta['recipe']}" + (" + TV" if meta["config"].get("loss", {}).get("tv") else "")
-    files = evaluate.write_report(result, out_uri, name, extra={"checkpoint": model_uri, "epoch": meta["epoch"]},
-                                  options=cfg.store.options())
-    print(f"\n{name}: FID {result['fid']:.1f}  SSIM {result['ssim']:.4f}  ({result['num_images']} images, "
+    result, files = evaluate.evaluate_checkpoint(model_uri, cfg, data_uri, out_uri)
+    print(f"\n{result['model']}: FID {result['fid']:.1f}  SSIM {result['ssim']:.4f}  ({result['num_images']} images, "
           f"Inception weights: {result['fid_backbone']['name']})")
     if result.get("fid_warning"):
         print(f"WARNING: {result['fid_warning']}")
@@ -108,7 +96,26 @@ def _evaluate(cfg: cfgmod.Config, model_uri: str, data_uri: str | None, out_uri:
     return result
 
 
-def cmd_models(args) -> None:
+def cmd_tune(args) -> None:
+    from ray_ganime import tune
+
+    if bool(args.config) == bool(args.resume):
+        raise cfgmod.ConfigError("give a sweep config (ganime tune CONFIG) or --resume NAME, not both")
+    overrides = list(args.overrides) + ([f"store.uri={args.store}"] if args.store else [])
+    overrides += [f"tune.name={args.name}"] if args.name else []
+    tree = cfgmod.load_tree(args.config, overrides)
+    out = tune.run(tree, resume=args.resume)
+    print(f"\nsweep:    {out['sweep']}  ({len(out['trials'])} trials; resume with --resume {out['name']})")
+    for key in ("markdown", "csv", "plot"):
+        print(f"{key + ':':<9} {out[key]}")
+    best = out["best"]
+    print(f"best:     {best['trial']} {out['metric']} {best['objective']:.4g} "
+          f"({', '.join(f'{k}={v}' for k, v in best.items() if '.' in k)}), checkpoint {best['checkpoint']}")
+    if out.get("package"):
+        print(f"package:  {out['package']}")
+
+
+def cmd_recipes(args) -> None:
     from ray_ganime.recipes import RECIPES, recipe_class
 
     cfg = _load(args)
@@ -118,6 +125,59 @@ def cmd_models(args) -> None:
     for name in sorted(RECIPES):
         for net, count in recipe_class(name).network_sizes(cfg).items():
             print(f"{name:<12} {net:<8} {count:>14,}")
+
+
+def cmd_export(args) -> None:
+    from ray_ganime import export
+
+    cfg = _load(args)
+    uri = export.export_package(args.checkpoint, args.name, args.dest or cfg.store.uri, cfg.store.options(),
+                                onnx=args.onnx, overwrite=args.overwrite)
+    meta = export.package_meta(uri, cfg.store.options())
+    files = [meta["weights"]["file"]] + ([meta["onnx"]["file"]] if meta["onnx"] else []) + [export.MANIFEST]
+    print(f"{uri}\n{meta['recipe']} generator, {meta['weights']['parameters']:,} parameters, native "
+          f"{meta['native_size']} px (any size: padded to a multiple of {meta['size_multiple']}), epoch "
+          f"{meta['training']['epoch']}\nmetrics: {_metrics_summary(meta['metrics'])}\nfiles:   {', '.join(files)}")
+    if meta["onnx"]:
+        print(f"onnx:    opset {meta['onnx']['opset']}, dynamic batch/height/width, max |onnxruntime - torch| "
+              f"{meta['onnx']['verified']['max_abs_diff']:.2g}")
+
+
+def _metrics_summary(metrics: dict) -> str:
+    """One line: validation SSIM / L1 / FID and evaluation FID / SSIM, each FID with its Inception weights."""
+    parts = []
+    val = metrics.get("validation") or {}
+    if "val_ssim" in val:
+        parts.append(f"val SSIM {val['val_ssim']:.4f}")
+    if "val_l1" in val:
+        parts.append(f"val L1 {val['val_l1']:.4f}")
+    if "val_fid" in val:
+        parts.append(f"val FID {val['val_fid']:.4g} [{val.get('val_fid_backbone')}]")
+    ev = metrics.get("evaluation")
+    if ev:
+        backbone = ev.get("fid_backbone") or {}
+        note = "; random-init: not a real FID" if backbone.get("random_init") else ""
+        if "fid" in ev:
+            parts.append(f"eval FID {ev['fid']:.4g} [{backbone.get('name')}{note}]")
+        if "ssim" in ev:
+            parts.append(f"eval SSIM {ev['ssim']:.4f} ({ev.get('num_images', '?')} images)")
+    return ", ".join(parts) or "none recorded"
+
+
+def cmd_models(args) -> None:
+    from ray_ganime import export
+
+    cfg = _load(args)
+    packages = export.list_packages(cfg.store.uri, cfg.store.options())
+    if not packages:
+        print(f"no model packages in {storage.join(cfg.store.uri, 'models')}")
+        return
+    print(f"{'name':<24} {'recipe':<10} {'size':>5} {'epoch':>6}  {'created':<25} metrics")
+    for meta in packages:
+        name = meta["uri"].rstrip("/").rsplit("/", 1)[-1]
+        onnx = " +onnx" if meta.get("onnx") else ""
+        print(f"{name:<24} {meta['recipe']:<10} {meta['native_size']:>5} {meta['training']['epoch']:>6}  "
+              f"{meta['created']:<25} {_metrics_summary(meta['metrics'])}{onnx}")
 
 
 def _print_manifest(dest: str, manifest: dict) -> None:
@@ -179,10 +239,32 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("models", help="every recipe's networks with parameter counts")
-    p.add_argument("--size", type=int, default=256, help="image size the networks are built for")
+    p = sub.add_parser("tune", help="a loss-weight sweep on Ray Tune (search dimensions written in the config)")
+    p.add_argument("config", nargs="?", help="YAML config with search dimensions, e.g. configs/pix2pix_tv_sweep.yaml")
+    p.add_argument("--resume", metavar="NAME", help="finish the unfinished trials of sweep NAME (<store>/sweeps/NAME)")
+    p.add_argument("--name", help="sweep name (default: sweep-<recipe>-<time>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=20 (repeatable)")
+    p.add_argument("--store", help="store root URI (local folder or s3://bucket/prefix); default $GANIME_STORE")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("export", help="a checkpoint's generator -> model package <store>/models/NAME")
+    p.add_argument("checkpoint", help="checkpoint folder (local or s3://)")
+    p.add_argument("--name", required=True, help="package name (letters, digits, '.', '_', '-')")
+    p.add_argument("--dest", help="store to write the package to (default: --store / store.uri)")
+    p.add_argument("--onnx", action="store_true", help="also write an ONNX graph (any size; needs ray-ganime[export])")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing package of that name")
+    _config_args(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("models", help="the model packages in a store, with their metrics")
     _config_args(p)
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("recipes", help="every recipe's networks with parameter counts")
+    p.add_argument("--size", type=int, default=256, help="image size the networks are built for")
+    _config_args(p)
+    p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser("demo", help="the main job on the embedded default: synthetic pairs -> train -> evaluate")
     p.add_argument("--count", type=int, default=400, help="synthetic pairs to draw (once; reused later)")

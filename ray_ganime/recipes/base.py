@@ -51,6 +51,9 @@ def linear_decay(epochs: int, decay_epochs: int) -> Callable[[int], float]:
 class Recipe:
     name: ClassVar[str]
     task: ClassVar[str]  # the data set kind it trains on: "paired", "unpaired" or "folder"
+    # The batch columns the generator maps from and to (validation and evaluation score G(input) vs target).
+    input_column: ClassVar[str]
+    target_column: ClassVar[str | None] = None
     ModelOptions: ClassVar[type[Options]] = Options
     LossOptions: ClassVar[type[Options]] = Options
 
@@ -103,6 +106,13 @@ class Recipe:
     def generator(self) -> nn.Module:
         """The network a user serves (unwrapped)."""
         return self.nets["G"]
+
+    def generator_spec(self) -> dict[str, Any]:
+        """Everything a model package needs to rebuild ``generator()`` without this recipe: ``class`` (a key
+        of ``nets.GENERATORS``) and its JSON ``args``; ``kind``; ``input`` / ``output`` (``channels``,
+        ``value_range``, batch ``column``); ``native_size`` (what it trained at) and ``size_multiple``
+        (what H and W must be divisible by)."""
+        raise NotImplementedError(f"recipe {self.name} cannot describe its generator for a model package yet")
 
     def samples(self, batch: dict[str, torch.Tensor]) -> list[list[np.ndarray]]:
         """Rows of uint8 images for a sample grid, e.g. input | output | target."""

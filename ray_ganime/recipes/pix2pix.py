@@ -41,6 +41,7 @@ class Pix2PixLoss(Options):
 class Pix2Pix(Recipe):
     name = "pix2pix"
     task = "paired"
+    input_column, target_column = "sketch", "color"
     ModelOptions = Pix2PixModel
     LossOptions = Pix2PixLoss
 
@@ -88,6 +89,17 @@ class Pix2Pix(Recipe):
         self.optimizers["G"].step()
         return {"loss_D": loss_d.detach(), "loss_G": loss_g.detach(), "G_adv": loss_adv.detach(),
                 "G_L1": loss_l1.detach(), "G_TV": loss_tv.detach()}
+
+    def generator_spec(self):
+        G, m = self.nets["G"], self.model_opts
+        image = {"layout": "NCHW", "dtype": "float32", "value_range": [-1.0, 1.0]}  # transforms.to_tensor
+        return {"class": "UNetGenerator",
+                "args": {"in_channels": G.in_channels, "out_channels": G.out_channels, "ngf": m.ngf,
+                         "num_downs": G.num_downs, "norm": m.norm, "dropout": m.dropout},
+                "kind": "image-to-image",
+                "input": {"channels": G.in_channels, "column": self.input_column, **image},
+                "output": {"channels": G.out_channels, "column": self.target_column, **image},
+                "native_size": self.cfg.data.crop_size, "size_multiple": G.size_multiple}
 
     @torch.no_grad()
     def samples(self, batch):

@@ -1,0 +1,362 @@
+"""Loss-weight sweeps on Ray Tune: every trial is a Ray Train run, ranked by a per-epoch validation metric.
+
+A sweep is a training config in which some values are search dimensions (``loss.tv: {loguniform: [1e-5,
+1e-3]}``; see ``config.TuneConfig``). Each trial is a Tune function that builds the trial's config and
+runs ``train.fit`` on it, so a trial is an ordinary Ray Train run (1..N workers, DDP, checkpoints) whose
+per-epoch results reach Tune through ``TuneReportCallback``; ASHA stops the weak ones early.
+
+Per sweep, under ``<store>/sweeps/<name>/``:
+    sweep.yaml            the config as given (search dimensions included): what ``--resume`` re-reads
+    runs/<trial_id>/      each trial's training run (checkpoints, metrics.jsonl, samples, TensorBoard)
+    <trial_id>/           Tune's own records of the trial;  experiment_state-*.json: Tune's resume state
+    results.csv, results.md   one row per trial: config values, metrics, epochs run, stopped early or not
+    objective.png         the objective over epochs, one line per trial
+The best trial's final checkpoint becomes a model package (``<store>/models/<export_name>``).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import io
+import itertools
+import json
+import math
+from typing import Any
+
+import yaml
+
+from ray_ganime import storage
+from ray_ganime.config import SEARCH_KINDS, Config, ConfigError, from_tree, search_dimensions, set_path
+
+SWEEP_FILE = "sweep.yaml"
+RANGE_KINDS = ("uniform", "loguniform", "quniform", "randint")
+
+
+# ------------------------------------------------------------------------------------ search spaces
+
+
+def split_space(tree: dict) -> tuple[dict, dict[str, dict]]:
+    """(the config tree without its search dimensions, {dotted key: {kind: args}}), checked for form."""
+    space = {**search_dimensions(tree), **(tree.get("tune") or {}).get("space", {})}
+    base = copy.deepcopy(tree)
+    for key in search_dimensions(tree):
+        *parents, leaf = key.split(".")
+        node = base
+        for part in parents:
+            node = node[part]
+        del node[leaf]
+    base.setdefault("tune", {})["space"] = {}
+    for key, spec in space.items():
+        _check_spec(key, spec)
+    return base, space
+
+
+def _check_spec(key: str, spec: Any) -> None:
+    if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in SEARCH_KINDS):
+        raise ConfigError(f"{key}: a search dimension is one of {{kind: args}} with kind in {SEARCH_KINDS}, "
+                          f"got {spec!r}")
+    (kind, args), = spec.items()
+    if kind in RANGE_KINDS:
+        want = 3 if kind == "quniform" else 2
+        if not (isinstance(args, list) and len(args) == want and all(isinstance(a, (int, float)) for a in args)
+                and args[0] < args[1]):
+            raise ConfigError(f"{key}: {kind} takes [low, high{', q' if want == 3 else ''}] with low < high, got {args!r}")
+        if kind == "loguniform" and args[0] <= 0:
+            raise ConfigError(f"{key}: loguniform needs low > 0, got {args!r}")
+    elif not (isinstance(args, list) and args):
+        raise ConfigError(f"{key}: {kind} takes a non-empty list of values, got {args!r}")
+
+
+def _probe_values(spec: dict) -> list:
+    (kind, args), = spec.items()
+    if kind == "randint":
+        return [args[0], args[1] - 1]
+    return list(args[:2]) if kind in RANGE_KINDS else list(args)
+
+
+def apply_params(base: dict, params: dict[str, Any]) -> dict:
+    tree = copy.deepcopy(base)
+    for key, value in params.items():
+        set_path(tree, key.split("."), value)
+    return tree
+
+
+def check_space(base: dict, space: dict[str, dict]) -> Config:
+    """Validate the config at the ends of every dimension (unknown keys, out-of-range weights, a recipe's
+    own options) before any trial starts; returns the config at the first probe."""
+    from ray_ganime.recipes import recipe_class
+
+    probes = [_probe_values(spec) for spec in space.values()]
+    combos = list(itertools.product(*probes)) if math.prod(map(len, probes)) <= 256 else [tuple(p[0] for p in probes)]
+    first = None
+    for combo in combos:
+        cfg = from_tree(apply_params(base, dict(zip(space, combo))))
+        recipe = recipe_class(cfg.recipe)
+        recipe.validate(recipe.ModelOptions, cfg.model, "model")
+        recipe.validate(recipe.LossOptions, cfg.loss, "loss")
+        first = first or cfg
+    return first
+
+
+def tune_domains(space: dict[str, dict], search: str) -> dict[str, Any]:
+    """Our YAML dimensions as Tune search domains."""
+    from ray import tune
+
+    domains = {}
+    for key, spec in space.items():
+        (kind, args), = spec.items()
+        if search == "grid" and kind in RANGE_KINDS:
+            raise ConfigError(f"{key}: tune.search=grid needs listed values (choice or grid), not {kind}")
+        if search == "optuna" and kind == "grid":
+            raise ConfigError(f"{key}: Optuna samples its values; write {{choice: {args}}} instead of grid")
+        if kind == "grid" or (kind == "choice" and search == "grid"):
+            domains[key] = tune.grid_search(args)
+        elif kind == "choice":
+            domains[key] = tune.choice(args)
+        else:
+            domains[key] = getattr(tune, kind)(*args)
+    return domains
+
+
+# ------------------------------------------------------------------------------------ trials
+
+
+def trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def run_trial(params: dict, base: dict, sweep_uri: str) -> None:
+    """One trial (runs in a Tune actor): the trial's config as an ordinary Ray Train run. The run is
+    named by the trial id, so a trial that Tune re-launches (``--resume``, ``tune.max_failures``)
+    continues from its own last checkpoint."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ray_ganime import train
+
+    cfg = from_tree(apply_params(base, params))
+    trial_id = tune.get_context().get_trial_id()
+    train.fit(cfg, run_uri=storage.join(sweep_uri, "runs", trial_id), callbacks=(TuneReportCallback(),))
+
+
+def default_concurrency(cfg: Config) -> int:
+    """Trials that fit at once: by GPUs (each trial's workers take one each), else by CPUs, keeping one
+    CPU free for Ray Data's decode tasks (without it every trial's input pipeline stalls)."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0)
+    use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else gpus > 0
+    if use_gpu:
+        return max(1, int(gpus // cfg.train.num_workers))
+    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + cfg.tune.driver_cpus
+    return max(1, int((resources.get("CPU", 1) - 1) // per_trial))
+
+
+# ------------------------------------------------------------------------------------ the sweep
+
+
+def sweep_uri(store_uri: str, name: str) -> str:
+    return storage.join(store_uri, "sweeps", name)
+
+
+def run(tree: dict, resume: str | None = None) -> dict:
+    """Run a sweep from a config tree with search dimensions, or finish the sweep ``resume`` (its
+    unfinished and errored trials; finished ones are kept as they are). Returns where everything is."""
+    from ray import tune
+
+    from ray_ganime.runtime import init_ray
+
+    store = from_tree(split_space(tree)[0]).store
+    if resume:
+        uri = sweep_uri(store.uri, resume)
+        path = storage.join(uri, SWEEP_FILE)
+        if not storage.exists(path, store.options()):
+            raise FileNotFoundError(f"no sweep to resume at {uri} (no {SWEEP_FILE})")
+        tree = yaml.safe_load(storage.read_bytes(path, store.options()))
+    base, space = split_space(tree)
+    if not space:
+        raise ConfigError("nothing to search: write a dimension in place of a value, e.g. "
+                          "loss: {tv: {loguniform: [1.0e-5, 1.0e-3]}}")
+    cfg = check_space(base, space)
+    t = cfg.tune
+    if not cfg.eval.val_images:
+        raise ConfigError("a sweep ranks trials by per-epoch validation: eval.val_images must be > 0")
+    if t.metric == "val_fid":
+        base["eval"] = {**base.get("eval", {}), "val_fid": True}
+    name = resume or t.name or f"sweep-{cfg.recipe}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}"
+    uri = sweep_uri(cfg.store.uri, name)
+    options = cfg.store.options()
+
+    init_ray()
+    sweeps = storage.resolve(storage.join(cfg.store.uri, "sweeps"), options)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, sweep_uri=uri),
+                                    {"CPU": t.driver_cpus})
+    if resume:
+        experiment = storage.resolve(uri, options)
+        if not tune.Tuner.can_restore(experiment.path, storage_filesystem=experiment.pa_fs):
+            raise FileNotFoundError(f"{uri}: Tune has no state to resume from (the driver died before saving any)")
+        tuner = tune.Tuner.restore(experiment.path, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=experiment.pa_fs)
+    else:
+        if storage.exists(storage.join(uri, SWEEP_FILE), options):
+            raise FileExistsError(f"sweep {name} already exists at {uri}: `ganime tune --resume {name}` finishes it")
+        storage.write_bytes(storage.join(uri, SWEEP_FILE), yaml.safe_dump(tree, sort_keys=False).encode(), options)
+        listed = all(next(iter(spec)) == "grid" or t.search == "grid" for spec in space.values())
+        concurrency = t.max_concurrent_trials or default_concurrency(cfg)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=tune_domains(space, t.search),
+            tune_config=tune.TuneConfig(
+                metric=t.metric, mode=t.resolved_mode(), search_alg=_search_alg(t, concurrency),
+                scheduler=_scheduler(cfg), num_samples=t.num_samples or (1 if listed else 8),
+                # Tune limits a Searcher (Optuna) itself; the basic generator takes the limit directly.
+                max_concurrent_trials=concurrency if t.search == "optuna" else None,
+                trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(name=name, storage_path=sweeps.path, storage_filesystem=sweeps.pa_fs,
+                                      failure_config=tune.FailureConfig(max_failures=t.max_failures), verbose=1),
+        )
+    grid = tuner.fit()
+    rows = trial_rows(grid, cfg, uri, list(space))
+    files = write_results(rows, cfg, uri, list(space), options)
+    out = {"sweep": uri, "name": name, "metric": t.metric, "trials": rows, **files}
+    finished = [r for r in rows if r["objective"] is not None and r["checkpoint"]]
+    if not finished:
+        raise RuntimeError(f"no trial of {uri} finished an epoch with a checkpoint; see {files['markdown']}")
+    best = (max if t.resolved_mode() == "max" else min)(finished, key=lambda r: r["objective"])
+    out["best"] = best
+    if t.export:
+        out["package"] = export_best(best, cfg, t.export_name or name, overwrite=bool(resume))
+    return out
+
+
+def _search_alg(t, concurrency: int):
+    if t.search == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+            import optuna  # noqa: F401
+        except ImportError:
+            raise ConfigError("tune.search=optuna needs Optuna: pip install 'ray-ganime[optuna]'") from None
+        import optuna
+
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=t.seed))
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(max_concurrent=concurrency, random_state=t.seed)
+
+
+def _scheduler(cfg: Config):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    t = cfg.tune
+    if t.scheduler == "none":
+        return FIFOScheduler()
+    # Our own epoch counter as ASHA's clock: a trial re-launched from its checkpoint repeats Tune's
+    # iterations but not epochs.
+    return ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs, grace_period=t.grace_period,
+                         reduction_factor=t.reduction_factor)
+
+
+# ------------------------------------------------------------------------------------ results
+
+
+def trial_rows(grid, cfg: Config, uri: str, keys: list[str]) -> list[dict]:
+    """One row per trial from its own run's metrics.jsonl (one line per epoch, also after a resume)."""
+    rows = []
+    for result in grid:
+        trial_id = result.metrics.get("trial_id") if result.metrics else None
+        trial_id = trial_id or result.path.rstrip("/").rsplit("/", 1)[-1]
+        run = storage.join(uri, "runs", trial_id)
+        history = _history(run, cfg.store.options())
+        last = history[-1] if history else {}
+        epochs = int(last.get("epoch", 0))
+        checkpoints = result.metrics_dataframe.get("checkpoint_path") if result.metrics_dataframe is not None else None
+        checkpoint = next((p for p in reversed(list(checkpoints.dropna())) if p), None) if checkpoints is not None else None
+        rows.append({
+            "trial": trial_id, **{k: result.config.get(k) for k in keys},
+            "objective": last.get(cfg.tune.metric),
+            **{m: last.get(m) for m in ("val_ssim", "val_l1", "val_fid") if m in last},
+            "epochs": epochs,
+            "status": "error" if result.error else ("stopped early" if epochs < cfg.train.epochs else "completed"),
+            "checkpoint": _checkpoint_uri(cfg, checkpoint) if checkpoint else None,
+            "run": run, "history": [(h["epoch"], h.get(cfg.tune.metric)) for h in history],
+        })
+    return sorted(rows, key=lambda r: r["trial"])
+
+
+def _history(run: str, options) -> list[dict]:
+    path = storage.join(run, "metrics.jsonl")
+    if not storage.exists(path, options):
+        return []
+    return [json.loads(line) for line in storage.read_bytes(path, options).decode().splitlines() if line]
+
+
+def _checkpoint_uri(cfg: Config, path: str) -> str:
+    return f"s3://{path}" if storage.is_remote(cfg.store.uri) and not path.startswith("s3://") else path
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def write_results(rows: list[dict], cfg: Config, uri: str, keys: list[str], options) -> dict[str, str]:
+    """results.csv, results.md and objective.png in the sweep folder; returns their URIs."""
+    import pandas as pd
+
+    metric, mode = cfg.tune.metric, cfg.tune.resolved_mode()
+    columns = ["trial", *keys, "objective", "val_ssim", "val_l1", "val_fid", "epochs", "status", "checkpoint"]
+    table = pd.DataFrame([{c: r.get(c) for c in columns} for r in rows], columns=columns).dropna(axis=1, how="all")
+    table = table.rename(columns={"objective": metric}).loc[:, lambda df: ~df.columns.duplicated()]
+    uris = {"csv": storage.join(uri, "results.csv"), "markdown": storage.join(uri, "results.md"),
+            "plot": storage.join(uri, "objective.png")}
+    storage.write_bytes(uris["csv"], table.to_csv(index=False).encode(), options)
+
+    shown = [c for c in table.columns if c != "checkpoint"]
+    lines = [f"# Sweep {uri.rstrip('/').rsplit('/', 1)[-1]}", "",
+             f"Objective: {metric} ({mode}), last epoch of each trial; scheduler {cfg.tune.scheduler}, "
+             f"search {cfg.tune.search}, {cfg.train.epochs} epochs per trial.", "",
+             "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table[shown].itertuples(index=False)]
+    storage.write_bytes(uris["markdown"], ("\n".join(lines) + "\n").encode(), options)
+    storage.write_bytes(uris["plot"], _plot(rows, metric, keys), options)
+    return uris
+
+
+def _plot(rows: list[dict], metric: str, keys: list[str]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for r in rows:
+        points = [(e, v) for e, v in r["history"] if v is not None]
+        if not points:
+            continue
+        label = r["trial"] + " " + ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(r[k])}" for k in keys)
+        ax.plot(*zip(*points), marker="o", linestyle="--" if r["status"] != "completed" else "-", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per epoch (dashed: stopped early)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def export_best(best: dict, cfg: Config, name: str, overwrite: bool) -> str:
+    """The best trial's final checkpoint as a model package, evaluated first when tune.evaluate_best."""
+    from ray_ganime import evaluate, export
+
+    evaluation = None
+    if cfg.tune.evaluate_best:
+        _, files = evaluate.evaluate_checkpoint(best["checkpoint"], cfg, out_uri=storage.join(best["run"], "eval"))
+        evaluation = storage.read_json(files["metrics"], cfg.store.options())
+    return export.export_package(best["checkpoint"], name, cfg.store.uri, cfg.store.options(),
+                                 evaluation=evaluation, overwrite=overwrite)

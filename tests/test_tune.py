@@ -1,0 +1,231 @@
+"""Sweeps: search spaces in the config, a 4-trial ASHA sweep on the shared local Ray, and resume after the
+tune driver is killed.
+
+Every trial is a real Ray Train run (30-90 s of fixed cost here), so there are two sweeps: the 4-trial
+ASHA sweep over the TV weight (module fixture, several tests read it) and the interrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ray_ganime import export, images, storage, train, tune
+from ray_ganime.cli import main
+from ray_ganime.config import ConfigError, from_tree, load_tree
+from ray_ganime.demo import ensure_synthetic
+
+DATASET = ("synthetic-paired-48x32", "paired", 48, 32)
+TINY = {
+    "recipe": "pix2pix",
+    "model": {"ngf": 8, "ndf": 8},
+    "data": {"uri": DATASET[0], "load_size": 36, "crop_size": 32, "batch_size": 4, "shuffle_buffer": 16,
+             "map_batch_size": 64},
+    "train": {"epochs": 3, "cpus_per_worker": 0.5, "max_steps_per_epoch": 4, "checkpoint_every": 1,
+              "sample_every": 100},
+    "eval": {"val_images": 16, "fid_weights": "random"},
+}
+
+
+def sweep_tree(store: str, **sections) -> dict:
+    tree = json.loads(json.dumps(TINY))
+    tree["store"] = {"uri": store}
+    for section, values in sections.items():
+        tree.setdefault(section, {}).update(values)
+    return tree
+
+
+# ------------------------------------------------------------------------------------ search spaces (no Ray)
+
+
+def test_dimensions_in_place_and_in_tune_space_are_found_and_removed():
+    tree = {"loss": {"tv": {"loguniform": [1e-5, 1e-3]}, "l1": 100.0},
+            "data": {"views": {"color": ["gray"]}},  # a mapping that is not a dimension stays
+            "tune": {"space": {"loss.tv_norm": {"grid": ["l1", "l2"]}}}}
+    base, space = tune.split_space(tree)
+    assert space == {"loss.tv": {"loguniform": [1e-5, 1e-3]}, "loss.tv_norm": {"grid": ["l1", "l2"]}}
+    assert base["loss"] == {"l1": 100.0} and base["data"] == {"views": {"color": ["gray"]}}
+    assert base["tune"]["space"] == {} and tree["loss"]["tv"] == {"loguniform": [1e-5, 1e-3]}  # input untouched
+    domains = tune.tune_domains(space, "random")
+    assert domains["loss.tv_norm"] == {"grid_search": ["l1", "l2"]}
+    assert 1e-5 <= domains["loss.tv"].sample() <= 1e-3
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"loguniform": [0, 1e-3]}, "low > 0"),
+    ({"uniform": [1, 0]}, "low < high"),
+    ({"choice": []}, "non-empty list"),
+    ({"quniform": [0, 1]}, "q"),
+])
+def test_malformed_dimensions_are_clear_errors(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        tune.split_space({"loss": {"tv": spec}})
+
+
+def test_every_end_of_every_dimension_is_validated_before_a_trial_starts():
+    base, space = tune.split_space({"loss": {"tv": {"choice": [1e-4, -1.0]}}})
+    with pytest.raises(ConfigError, match="loss.tv"):
+        tune.check_space(base, space)
+    base, space = tune.split_space({"loss": {"tvv": {"choice": [1e-4]}}})  # a typo in a searched key
+    with pytest.raises(ConfigError, match="tvv"):
+        tune.check_space(base, space)
+
+
+def test_search_kinds_that_do_not_fit_the_search_algorithm_are_refused():
+    with pytest.raises(ConfigError, match="listed values"):
+        tune.tune_domains({"loss.tv": {"uniform": [0, 1]}}, "grid")
+    with pytest.raises(ConfigError, match="choice"):
+        tune.tune_domains({"loss.tv": {"grid": [0, 1]}}, "optuna")
+    assert tune.tune_domains({"loss.l1": {"choice": [1, 2]}}, "grid") == {"loss.l1": {"grid_search": [1, 2]}}
+
+
+def test_a_sweep_config_is_not_a_training_config(tmp_path, capsys):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"loss": {"tv": {"loguniform": [1e-5, 1e-3]}}}))
+    with pytest.raises(ConfigError, match="ganime tune"):
+        from_tree(load_tree(path))
+    assert main(["train", "--config", str(path)]) == 2
+    assert "loss.tv" in capsys.readouterr().err
+    assert main(["tune"]) == 2  # neither a config nor --resume
+    assert from_tree({"tune": {"metric": "val_fid"}}).tune.resolved_mode() == "min"
+
+
+def test_resuming_a_sweep_that_does_not_exist_is_a_clear_error(tmp_path, capsys):
+    assert main(["tune", "--resume", "nope", "--store", str(tmp_path)]) == 2
+    assert "no sweep to resume" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ a real sweep
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, ray_session) -> str:
+    root = str(tmp_path_factory.mktemp("tune-store"))
+    ensure_synthetic(*DATASET, from_tree({"store": {"uri": root}}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def asha_sweep(store) -> dict:
+    """4 trials over the TV weight, one at a time, ASHA halving at epochs 1 and 2 of 3. TV 100 smooths the
+    output flat, so it scores worst at a rung that already has better trials and is stopped there."""
+    tree = sweep_tree(store, loss={"tv": {"grid": [0.0, 1e-4, 1e-2, 100.0]}},
+                      tune={"name": f"asha-{uuid.uuid4().hex[:6]}", "scheduler": "asha", "grace_period": 1,
+                            "reduction_factor": 2, "max_concurrent_trials": 1})
+    started = time.perf_counter()
+    out = tune.run(tree)
+    print(f"4-trial sweep: {time.perf_counter() - started:.0f} s")
+    return out
+
+
+def test_sweep_runs_every_trial_and_asha_stops_one_early(asha_sweep):
+    rows = asha_sweep["trials"]
+    assert sorted(r["loss.tv"] for r in rows) == [0.0, 1e-4, 1e-2, 100.0]
+    assert all(r["status"] in ("completed", "stopped early") for r in rows)
+    early = [r for r in rows if r["status"] == "stopped early"]
+    assert early and all(r["epochs"] < 3 for r in early)
+    assert any(r["status"] == "completed" and r["epochs"] == 3 for r in rows)
+    for r in rows:  # the objective every epoch, from the trial's own run
+        assert [e for e, _ in r["history"]] == list(range(1, r["epochs"] + 1))
+        assert all(0 < v < 1 for _, v in r["history"])
+    best = asha_sweep["best"]
+    assert best["objective"] == max(r["objective"] for r in rows)
+
+
+def test_results_table_and_plot_list_every_trial(asha_sweep):
+    csv = storage.read_bytes(asha_sweep["csv"]).decode().splitlines()
+    markdown = storage.read_bytes(asha_sweep["markdown"]).decode()
+    assert csv[0].split(",")[:3] == ["trial", "loss.tv", "val_ssim"] and "status" in csv[0]
+    assert len(csv) == 1 + 4
+    for r in asha_sweep["trials"]:
+        assert sum(line.startswith(r["trial"] + ",") for line in csv) == 1
+        assert markdown.count(f"| {r['trial']} |") == 1
+    assert "stopped early" in markdown and "completed" in markdown
+    plot = images.decode_rgb(storage.read_bytes(asha_sweep["plot"]))
+    assert plot.shape[0] > 200 and plot.std() > 10  # a drawn chart, not a blank canvas
+
+
+def test_best_trial_is_exported_as_a_package_that_loads(asha_sweep, store, capsys):
+    package = asha_sweep["package"]
+    generator, meta = export.load_package(package)
+    best = asha_sweep["best"]
+    assert meta["source_checkpoint"] == best["checkpoint"]
+    assert meta["training"]["config"]["loss"]["tv"] == best["loss.tv"]
+    assert meta["metrics"]["validation"]["val_ssim"] == pytest.approx(best["objective"])
+    assert meta["metrics"]["evaluation"]["fid_backbone"]["random_init"] is True  # the sweep's eval weights
+    reference, _ = train.load_generator(best["checkpoint"])
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(generator(x), reference(x))
+    assert main(["models", "--store", store]) == 0
+    assert asha_sweep["name"] in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------ resume after a kill
+
+
+def _trial_statuses(sweep: Path) -> dict[str, str]:
+    """Trial id -> status, as Tune last saved it (what a resume starts from)."""
+    states = sorted(sweep.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+    except (OSError, json.JSONDecodeError):  # being rewritten
+        return {}
+    trials = (json.loads(t[0]) for t in data["trial_data"])
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
+def test_a_killed_sweep_resumes_and_reports_every_trial_once(store, tmp_path):
+    import ray
+
+    name = f"resume-{uuid.uuid4().hex[:6]}"
+    tree = sweep_tree(store, loss={"tv": {"grid": [0.0, 1e-3, 1e-1]}},
+                      train={"epochs": 2}, tune={"scheduler": "none", "max_concurrent_trials": 1, "export": False})
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    sweep = Path(store) / "sweeps" / name
+    # The driver joins the session's Ray (as `ray job submit` would), so killing it ends its trials but
+    # leaves the cluster.
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as out:
+        driver = subprocess.Popen([sys.executable, "-m", "ray_ganime", "tune", str(config), "--name", name],
+                                  stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while "TERMINATED" not in _trial_statuses(sweep).values():
+            assert driver.poll() is None, f"driver exited early:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no trial finished in time:\n{log.read_text()[-3000:]}"
+            time.sleep(1)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = _trial_statuses(sweep)
+    finished = [t for t, s in before.items() if s == "TERMINATED"]
+    assert len(finished) < 3, "the driver was killed too late to leave anything to resume"
+    finished_logs = {t: (sweep / "runs" / t / "metrics.jsonl").stat().st_mtime_ns for t in finished}
+
+    out = tune.run({"store": {"uri": store}}, resume=name)
+
+    rows = out["trials"]
+    assert sorted(r["loss.tv"] for r in rows) == [0.0, 1e-3, 1e-1]
+    assert len({r["trial"] for r in rows}) == 3 and set(before) <= {r["trial"] for r in rows}
+    for r in rows:  # every trial completed, each epoch reported exactly once
+        assert r["status"] == "completed" and [e for e, _ in r["history"]] == [1, 2]
+    for trial, mtime in finished_logs.items():  # finished trials were not run again
+        assert (sweep / "runs" / trial / "metrics.jsonl").stat().st_mtime_ns == mtime
+    table = storage.read_bytes(out["csv"]).decode().splitlines()
+    assert len(table) == 1 + 3
