@@ -234,12 +234,10 @@ def run(tree: dict, resume: str | None = None) -> dict:
 def _search_alg(t, concurrency: int):
     if t.search == "optuna":
         try:
+            import optuna
             from ray.tune.search.optuna import OptunaSearch
-            import optuna  # noqa: F401
         except ImportError:
             raise ConfigError("tune.search=optuna needs Optuna: pip install 'ray-ganime[optuna]'") from None
-        import optuna
-
         return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=t.seed))
     from ray.tune.search.basic_variant import BasicVariantGenerator
 

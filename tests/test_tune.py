@@ -16,7 +16,6 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -88,6 +87,17 @@ def test_search_kinds_that_do_not_fit_the_search_algorithm_are_refused():
     with pytest.raises(ConfigError, match="choice"):
         tune.tune_domains({"loss.tv": {"grid": [0, 1]}}, "optuna")
     assert tune.tune_domains({"loss.l1": {"choice": [1, 2]}}, "grid") == {"loss.l1": {"grid_search": [1, 2]}}
+
+
+def test_optuna_tpe_suggests_configs_from_our_dimensions():
+    space = {"loss.tv": {"loguniform": [1e-5, 1e-3]}, "loss.l1": {"choice": [50.0, 100.0]},
+             "train.seed": {"randint": [0, 4]}}
+    searcher = tune._search_alg(from_tree({"tune": {"search": "optuna", "seed": 3}}).tune, concurrency=1)
+    assert searcher.set_search_properties("val_ssim", "max", tune.tune_domains(space, "optuna"))
+    suggestions = [searcher.suggest(f"t{i}") for i in range(4)]
+    for s in suggestions:
+        assert 1e-5 <= s["loss.tv"] <= 1e-3 and s["loss.l1"] in (50.0, 100.0) and 0 <= s["train.seed"] < 4
+    assert len({s["loss.tv"] for s in suggestions}) == 4
 
 
 def test_a_sweep_config_is_not_a_training_config(tmp_path, capsys):
