@@ -352,3 +352,27 @@ def test_fit_passes_max_failures_and_resources_to_ray_train(store, monkeypatch, 
     scaling = seen["scaling_config"]
     assert scaling.num_workers == 2 and not scaling.use_gpu and scaling.resources_per_worker == {"CPU": 0.5}
     assert seen["train_loop_config"]["cfg"]["train"]["max_failures"] == max_failures
+
+
+def test_validator_scores_the_subset_without_touching_the_rng(tmp_path):
+    """Per-epoch validation (no Ray): SSIM/L1 of G(sketch) vs colour on the first val_images test rows,
+    FID of that subset with the (random-init) Inception, in eval mode, leaving torch's RNG where it was."""
+    from ray_ganime.data import ShardData
+
+    cfg = make_cfg(str(tmp_path), "unused", "eval.val_images=6", "eval.val_fid=true", "eval.fid_weights=random",
+                   "eval.batch_size=4")
+    cfg.data.uri = ensure_synthetic(*SMALL_DATASET, cfg)
+    data = ShardData.from_config(cfg)
+    recipe = recipe_class("pix2pix")(cfg, "cpu")
+    validate = train.Validator(data, cfg, recipe, torch.device("cpu"))
+    rng = torch.get_rng_state()
+    scores = validate()
+    assert torch.equal(torch.get_rng_state(), rng) and recipe.nets["G"].training
+    assert scores["val_images"] == 6 and scores["val_split"] == "test"
+    G = recipe.nets["G"].eval()
+    sketch, colour = (transforms.to_tensor(validate.inputs), transforms.to_tensor(validate.targets))
+    with torch.no_grad():
+        fake = G(sketch)
+    assert scores["val_l1"] == pytest.approx((fake - colour).abs().mean().item(), rel=1e-5)
+    assert scores["val_ssim"] == pytest.approx(float(np.mean(metrics.ssim(transforms.to_uint8(fake), validate.targets))))
+    assert np.isfinite(scores["val_fid"]) and "RANDOM" in scores["val_fid_backbone"]
