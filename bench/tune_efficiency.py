@@ -1,6 +1,6 @@
 """ASHA vs an exhaustive grid over the same loss-weight space: best objective found and epochs spent.
 
-    python bench/tune_efficiency.py [--tv 0 1e-3 1e-1 10] [--lr 2e-5 2e-4 2e-3] [--epochs 9] [--steps 10]
+    python bench/tune_efficiency.py [--tv 0 1e-1 10] [--lr 2e-5 2e-4 2e-3] [--epochs 6] [--steps 8]
 
 Both sweeps run the same trials (the grid of --tv x --lr for Pix2Pix on synthetic 32-px pairs, seeded, so
 a configuration trains identically in both) through `ganime tune`'s code path (Ray Tune, one Ray Train
@@ -8,6 +8,13 @@ run per trial): once with no scheduler (every trial runs every epoch) and once w
 1, reduction factor 3; stopped trials end early). Objective: val_ssim of the last epoch of each trial.
 Printed side by side: best val_ssim, total epochs, wall time, and the two ratios the target is stated in:
 ASHA's best within 5% of the grid's best, for <= 40% of the grid's epochs.
+
+Measured on a 2-core box (one trial at a time, ~21 min for both sweeps with the defaults): ASHA found the
+grid's best (gap 0.0%) for 41 of 54 epochs (0.76: target missed). With trials run one after another,
+asynchronous ASHA compares each trial only with those before it, and this grid's order (learning rate
+rising within each TV value) improves trial after trial, so few are stopped; with 6 epochs there are only
+two rungs (1, 3) and the best possible is 33%. More epochs (rungs 1, 3, 9, 27) or parallel trials give
+ASHA more to cut.
 """
 
 from __future__ import annotations
@@ -45,10 +52,10 @@ def sweep_tree(args, store: str, dataset: str, scheduler: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tv", type=float, nargs="+", default=[0.0, 1e-3, 1e-1, 10.0])
+    parser.add_argument("--tv", type=float, nargs="+", default=[0.0, 1e-1, 10.0])
     parser.add_argument("--lr", type=float, nargs="+", default=[2e-5, 2e-4, 2e-3])
-    parser.add_argument("--epochs", type=int, default=9)
-    parser.add_argument("--steps", type=int, default=10, help="steps per epoch")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=8, help="steps per epoch")
     parser.add_argument("--pairs", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=None, help="trials at once (default: what fits)")
     parser.add_argument("--cpus-per-worker", type=float, default=0.5)
