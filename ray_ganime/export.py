@@ -33,10 +33,13 @@ from torch import nn
 from ray_ganime import __version__, storage
 from ray_ganime.nets import PadToMultiple, build_generator, count_parameters
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "PackageError", "export_package", "list_packages", "load_package",
-           "package_meta", "package_uri", "find_evaluation"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "IMAGE_TO_IMAGE", "NOISE", "PackageError", "example_input", "export_package",
+           "find_evaluation", "list_packages", "load_package", "package_meta", "package_uri", "write_package"]
 
 FORMAT = "ray-ganime-model"
+# Package kinds: what a generator consumes. Image-to-image generators take an image of any size (padded to
+# size_multiple); noise generators take latents (input: latent_dim, distribution) and draw native_size images.
+IMAGE_TO_IMAGE, NOISE = "image-to-image", "noise"
 FORMAT_VERSION = 1
 MANIFEST = "model.json"
 WEIGHTS = "generator.safetensors"
@@ -105,12 +108,20 @@ def _rebuilt_exactly(generator: nn.Module, spec: dict) -> nn.Module:
     rebuilt = build_generator(spec["class"], spec["args"])
     rebuilt.load_state_dict(generator.state_dict())  # strict: same parameter and buffer names and shapes
     rebuilt.eval()
-    size = spec["native_size"]
-    x = torch.rand(1, spec["input"]["channels"], size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x = example_input(spec)
     with torch.no_grad():
         if not torch.equal(rebuilt(x), generator(x)):
             raise PackageError(f"{spec['class']}({spec['args']}) does not reproduce the recipe's generator")
     return rebuilt
+
+
+def example_input(spec: dict, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """A seeded input of ``batch`` for a generator described by ``spec`` (a model.json or generator_spec)."""
+    g = torch.Generator().manual_seed(seed)
+    if spec["kind"] == NOISE:
+        return torch.randn(batch, spec["input"]["latent_dim"], generator=g)
+    size = spec["native_size"]
+    return torch.rand(batch, spec["input"]["channels"], size, size, generator=g) * 2 - 1
 
 
 def find_evaluation(checkpoint_uri: str, options: storage.StoreOptions | None = None) -> dict | None:
@@ -242,24 +253,38 @@ def export_package(checkpoint_uri: str, name: str, store_uri: str, options: stor
     net = _rebuilt_exactly(generator, spec)
     if evaluation is None:
         evaluation = find_evaluation(checkpoint, options)
+    training = {"epoch": meta.get("epoch", state.get("epoch")),
+                "global_step": meta.get("global_step", state.get("global_step")),
+                "config": cfg.model_dump(mode="json")}
+    return write_package(net, spec, name, store_uri, recipe=cfg.recipe, training=training,
+                         metrics=_package_metrics(meta.get("metrics") or {}, evaluation), source=checkpoint,
+                         options=options, onnx=onnx, overwrite=overwrite)
+
+
+def write_package(net: nn.Module, spec: dict, name: str, store_uri: str, *, recipe: str,
+                  training: dict | None = None, metrics: dict | None = None, source: str | None = None,
+                  options: storage.StoreOptions | None = None, onnx: bool = False, overwrite: bool = False) -> str:
+    """Writes ``net`` (rebuildable from ``spec``, a recipe's ``generator_spec()``) as package ``name``."""
+    uri = package_uri(store_uri, name)
+    if onnx and spec["kind"] != IMAGE_TO_IMAGE:
+        raise PackageError(f"ONNX export is for image-to-image generators, not {spec['kind']!r} ones")
     weights = _weights_bytes(net)
     onnx_data, onnx_entry = None, None
     if onnx:
+        _require_onnx()
         onnx_data, onnx_entry = _export_onnx(PadToMultiple(net, spec["size_multiple"]).eval(), spec)
 
     record = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "recipe": cfg.recipe,
+        "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "recipe": recipe,
         "kind": spec["kind"], "network": {"class": spec["class"], "args": spec["args"]},
         "input": spec["input"], "output": spec["output"],
         "native_size": spec["native_size"], "size_multiple": spec["size_multiple"],
         "weights": {"file": WEIGHTS, "sha256": _sha256(weights), "bytes": len(weights),
                     "parameters": count_parameters(net), "dtype": "float32"},
         "onnx": onnx_entry,
-        "training": {"epoch": meta.get("epoch", state.get("epoch")),
-                     "global_step": meta.get("global_step", state.get("global_step")),
-                     "config": cfg.model_dump(mode="json")},
-        "metrics": _package_metrics(meta.get("metrics") or {}, evaluation),
-        "source_checkpoint": checkpoint,
+        "training": training or {},
+        "metrics": metrics or {},
+        "source_checkpoint": source,
         "created": _now(),
         "ray_ganime_version": __version__,
     }
@@ -306,11 +331,12 @@ def _package_file(uri: str, entry: dict, options: storage.StoreOptions | None) -
 
 def load_package(uri: str, device: str | torch.device = "cpu",
                  options: storage.StoreOptions | None = None) -> tuple[nn.Module, dict]:
-    """(generator for any input size, in eval mode, on ``device``; its model.json plus ``"uri"``).
+    """(generator in eval mode on ``device``; its model.json plus ``"uri"``).
 
-    No pickle and no training code: JSON, safetensors and ``nets.GENERATORS``. The module maps
-    (N, C, H, W) in ``meta["input"]["value_range"]`` to (N, C', H, W); at ``native_size`` its output is
-    bitwise the checkpoint generator's (on the same device)."""
+    No pickle and no training code: JSON, safetensors and ``nets.GENERATORS``. An image-to-image module
+    maps (N, C, H, W) of any size in ``meta["input"]["value_range"]`` to (N, C', H, W); at ``native_size``
+    its output is bitwise the checkpoint generator's (on the same device). A noise module maps latents
+    (N, ``meta["input"]["latent_dim"]``) to (N, C', native_size, native_size)."""
     from safetensors.torch import load
 
     uri = storage.join(uri)
@@ -318,7 +344,9 @@ def load_package(uri: str, device: str | torch.device = "cpu",
     state = load(_package_file(uri, meta["weights"], options))
     net = build_generator(meta["network"]["class"], meta["network"]["args"])
     net.load_state_dict(state)
-    model = PadToMultiple(net, meta["size_multiple"]).to(device).eval()
+    if meta["kind"] == IMAGE_TO_IMAGE:
+        net = PadToMultiple(net, meta["size_multiple"])
+    model = net.to(device).eval()
     return model, {**meta, "uri": uri}
 
 

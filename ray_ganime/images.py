@@ -21,6 +21,10 @@ class BadImage(ValueError):
     """The bytes are not a decodable image (empty, truncated, not an image, or too large)."""
 
 
+class TooLarge(BadImage):
+    """An image refused for its pixel count alone (a decompression bomb, or over MAX_PIXELS)."""
+
+
 def probe(data: bytes) -> tuple[int, int, str]:
     """(width, height, format) from the header alone; raises BadImage."""
     if not data:
@@ -32,11 +36,11 @@ def probe(data: bytes) -> tuple[int, int, str]:
                 width, height = im.size
                 fmt = (im.format or "").lower()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImage(f"refused, too many pixels: {e}") from None
+        raise TooLarge(f"refused, too many pixels: {e}") from None
     except Exception as e:  # PIL raises many types for garbage input
         raise BadImage(f"not an image: {type(e).__name__}: {e}") from None
     if width * height > MAX_PIXELS:
-        raise BadImage(f"refused, {width}x{height} is over the {MAX_PIXELS}-pixel limit")
+        raise TooLarge(f"refused, {width}x{height} is over the {MAX_PIXELS}-pixel limit")
     return width, height, fmt
 
 

@@ -22,6 +22,7 @@ import io
 import itertools
 import json
 import math
+import random
 from typing import Any
 
 import yaml
@@ -119,6 +120,33 @@ def tune_domains(space: dict[str, dict], search: str) -> dict[str, Any]:
     return domains
 
 
+GRID_POINT = "grid_point"  # the one Tune dimension that shuffled_grid makes of all grid dimensions
+
+
+def shuffled_grid(domains: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The grid dimensions of ``domains`` as one grid over the points of their product, in a seeded
+    random order.
+
+    Asynchronous successive halving judges each trial only against the trials that reached a rung before
+    it, so it assumes trials arrive in random order. Tune expands a grid in nested order (last key
+    fastest), and along that order the objective often rises steadily (a learning rate, a weight): then
+    every newcomer beats its predecessors and ASHA stops nothing (measured: 41 of 54 epochs spent on a
+    3x3 grid, against ~half with the order shuffled)."""
+    from ray import tune
+
+    grids = {k: v["grid_search"] for k, v in domains.items() if isinstance(v, dict) and "grid_search" in v}
+    if not grids:
+        return domains
+    points = [dict(zip(grids, values)) for values in itertools.product(*grids.values())]
+    random.Random(seed).shuffle(points)
+    return {**{k: v for k, v in domains.items() if k not in grids}, GRID_POINT: tune.grid_search(points)}
+
+
+def flat_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config with shuffled_grid's point unpacked back into its dotted keys."""
+    return {**{k: v for k, v in config.items() if k != GRID_POINT}, **config.get(GRID_POINT, {})}
+
+
 # ------------------------------------------------------------------------------------ trials
 
 
@@ -135,7 +163,7 @@ def run_trial(params: dict, base: dict, sweep_uri: str) -> None:
 
     from ray_ganime import train
 
-    cfg = from_tree(apply_params(base, params))
+    cfg = from_tree(apply_params(base, flat_params(params)))
     trial_id = tune.get_context().get_trial_id()
     train.fit(cfg, run_uri=storage.join(sweep_uri, "runs", trial_id), callbacks=(TuneReportCallback(),))
 
@@ -205,9 +233,12 @@ def run(tree: dict, resume: str | None = None) -> dict:
         storage.write_bytes(storage.join(uri, SWEEP_FILE), yaml.safe_dump(tree, sort_keys=False).encode(), options)
         listed = all(next(iter(spec)) == "grid" or t.search == "grid" for spec in space.values())
         concurrency = t.max_concurrent_trials or default_concurrency(cfg)
+        domains = tune_domains(space, t.search)
+        if t.scheduler == "asha":
+            domains = shuffled_grid(domains, t.seed)
         tuner = tune.Tuner(
             trainable,
-            param_space=tune_domains(space, t.search),
+            param_space=domains,
             tune_config=tune.TuneConfig(
                 metric=t.metric, mode=t.resolved_mode(), search_alg=_search_alg(t, concurrency),
                 scheduler=_scheduler(cfg), num_samples=t.num_samples or (1 if listed else 8),
@@ -271,8 +302,9 @@ def trial_rows(grid, cfg: Config, uri: str, keys: list[str]) -> list[dict]:
         epochs = int(last.get("epoch", 0))
         checkpoints = result.metrics_dataframe.get("checkpoint_path") if result.metrics_dataframe is not None else None
         checkpoint = next((p for p in reversed(list(checkpoints.dropna())) if p), None) if checkpoints is not None else None
+        config = flat_params(result.config)
         rows.append({
-            "trial": trial_id, **{k: result.config.get(k) for k in keys},
+            "trial": trial_id, **{k: config.get(k) for k in keys},
             "objective": last.get(cfg.tune.metric),
             **{m: last.get(m) for m in ("val_ssim", "val_l1", "val_fid") if m in last},
             "epochs": epochs,

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from servers import moto_server
 
 # ===================================================================================================
 # S3: a real S3 server (moto_server) on loopback
@@ -37,53 +35,10 @@ S3_ENV = {
 S3_ENV_CLEARED = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _moto_server(log_dir: Path, extra_env: dict[str, str] | None = None, timeout_s: float = 20.0) -> Iterator[str]:
-    """Runs ``moto_server`` on a free loopback port; yields its endpoint URL once it answers HTTP."""
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    exe = Path(sys.executable).parent / "moto_server"
-    log_path = log_dir / f"moto-{port}.log"
-    env = {**os.environ, **(extra_env or {})}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                                stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {proc.returncode}:\n{log_path.read_text()[-2000:]}")
-            try:
-                # Any HTTP answer (even an auth error) means it is serving.
-                urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).close()
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not answer on {endpoint} within {timeout_s:.0f} s:\n"
-                                       f"{log_path.read_text()[-2000:]}") from None
-                time.sleep(0.1)
-        yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> Iterator[str]:
     """Endpoint URL of a loopback S3 server; AWS_* env vars point at it for the rest of the session."""
-    with _moto_server(tmp_path_factory.mktemp("s3-server")) as endpoint:
+    with moto_server(tmp_path_factory.mktemp("s3-server")) as endpoint:
         env = {**S3_ENV, "AWS_ENDPOINT_URL_S3": endpoint}
         saved = {name: os.environ.get(name) for name in (*env, *S3_ENV_CLEARED)}
         # os.environ rather than monkeypatch: Ray workers started later in the session must inherit it.
@@ -122,7 +77,7 @@ def s3_bucket(s3_server) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def s3_auth_server(tmp_path_factory) -> Iterator[str]:
     """Endpoint URL of a loopback S3 server that refuses the test credentials (moto with IAM auth on)."""
-    with _moto_server(tmp_path_factory.mktemp("s3-auth-server"), {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:
+    with moto_server(tmp_path_factory.mktemp("s3-auth-server"), {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:
         yield endpoint
 
 
@@ -143,3 +98,48 @@ def ray_session(s3_server, tmp_path_factory) -> Iterator[None]:
     init_ray(num_cpus=2)
     yield
     ray.shutdown()
+
+
+# ===================================================================================================
+# Serve: serve_config.yaml deployed with `serve deploy` to a real `ray start --head` cluster
+#   served          session: the app up, over a store holding tests/serving.py's packages, with a bearer
+#                   token; .url, .token, .names (image_a, image_b, noise), .store, .cluster, .config
+# ===================================================================================================
+
+
+@dataclass
+class Served:
+    url: str  # http://127.0.0.1:<port>/
+    token: str
+    names: dict[str, str]
+    store: Path
+    cluster: "object"  # tests/cluster.py's Cluster
+    config: Path  # the serve_config.yaml that was deployed (the repo's, on a free port)
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory) -> Iterator[Served]:
+    import secrets
+
+    import yaml
+    from serving import make_packages
+    from servers import REPO, free_ports, ray_start_head, tail, wait_for_http
+
+    root = tmp_path_factory.mktemp("served")
+    store = root / "store"
+    names = make_packages(str(store))
+    token = secrets.token_urlsafe(24)
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    port, = free_ports(1)
+    config["http_options"]["port"] = port
+    deployed = root / "serve_config.yaml"
+    deployed.write_text(yaml.safe_dump(config, sort_keys=False))
+    url = f"http://127.0.0.1:{port}/"
+    with ray_start_head(root, env={"GANIME_STORE": str(store), "GANIME_SERVE_TOKEN": token}) as cluster:
+        serve_cli = Path(sys.executable).parent / "serve"
+        deploy = subprocess.run([str(serve_cli), "deploy", str(deployed), "--address", cluster.dashboard],
+                                env=cluster.env, capture_output=True, text=True, timeout=120)
+        assert deploy.returncode == 0, f"serve deploy failed:\n{deploy.stdout}\n{deploy.stderr}\n{tail(cluster.log)}"
+        # The app answers once its replicas are up (`serve deploy` returns before that).
+        wait_for_http(url + "healthz", cluster.proc, cluster.log, 180, "the deployed app")
+        yield Served(url, token, names, store, cluster, deployed)

@@ -1,160 +1,20 @@
-"""`ray job submit` of jobs/train.py to a real `ray start --head` cluster, the way the README runs it.
-
-The cluster is this test's own: separate --temp-dir, free loopback ports, its own auth token. It is
-started with ``ray start --head --block`` as a child of the test and stopped by signalling that one
-process, never with `ray stop`, which stops every Ray on the machine (the session's in-process Ray
-from ``ray_session`` included, and other people's).
-
-Why this isolates it:
-- ``--block`` keeps `ray start` alive as the parent of the cluster's processes; on SIGTERM it tears
-  down exactly the processes it started, and the kernel (PR_SET_PDEATHSIG, Ray's "fate sharing") ends
-  them if it dies in any other way. Any process still mentioning the temp dir afterwards is killed by pid.
-- With ``--temp-dir`` the address goes to <temp dir>/ray_current_cluster, not /tmp/ray's, so a later
-  ``ray.init()`` in this session (or anyone's) starts its own Ray instead of joining this cluster.
-- Auth: token mode, as ray_ganime/__init__.py sets it for everything it starts, but with a fresh
-  token in $RAY_AUTH_TOKEN for the cluster and the CLI calls only: nothing reads or writes
-  ~/.ray/auth_token, which the in-process Ray of the session (and other users) share.
-"""
+"""`ray job submit` of jobs/train.py to a real `ray start --head` cluster (tests/cluster.py), the way the
+README runs it."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import re
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
 
 import pytest
+from servers import ANSI, REPO, ray_start_head, tail
 
 from ray_ganime.config import load_config
 from ray_ganime.demo import ensure_synthetic
 
-REPO = Path(__file__).resolve().parents[1]
-RAY = Path(sys.executable).parent / "ray"
-ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the CLI colours its output even into a pipe
 DATASET = ("synthetic-paired-60x32", "paired", 60, 32)  # 48 train / 12 test rows
-
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (all held open together, so they differ)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
-def _tail(path: Path, n: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError as e:
-        return f"<{path}: {e}>"
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    """Pids of this user's processes whose command line contains ``text`` (Linux /proc)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
-@dataclass
-class Cluster:
-    dashboard: str  # http://127.0.0.1:<port>, for `ray job ...`
-    env: dict[str, str]  # what every `ray` command for this cluster runs with (auth mode and token)
-    temp_dir: Path
-    log: Path
-
-    def ray(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
-        """A `ray` CLI command against this cluster; output captured, killed after ``timeout`` s."""
-        return subprocess.run([str(RAY), *args], env=self.env, cwd=REPO, capture_output=True, text=True,
-                              timeout=timeout)
-
-    def job_info(self, job_id: str) -> dict:
-        """The job's record from the dashboard's REST API (status, message, ...)."""
-        request = urllib.request.Request(f"{self.dashboard}/api/jobs/{job_id}",
-                                         headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-
-
-@contextlib.contextmanager
-def ray_start_head(log_dir: Path, num_cpus: int = 2, timeout_s: float = 90.0) -> Iterator[Cluster]:
-    # Short, not under tmp_path: Unix socket paths (<temp dir>/session_<date>_<pid>/sockets/plasma_store)
-    # must stay under 108 bytes.
-    temp_dir = Path(tempfile.mkdtemp(prefix="rj-", dir="/tmp"))
-    gcs, dashboard, agent_http, agent_grpc, runtime_env, metrics, node_manager, object_manager, client = \
-        _free_ports(9)
-    token = secrets.token_hex(32)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
-               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # SIGTERM: stop now, no 30 s drain wait
-               RAY_USAGE_STATS_ENABLED="0")
-    log = log_dir / "ray-start.log"
-    cmd = [str(RAY), "start", "--head", "--block", "--disable-usage-stats",
-           "--temp-dir", str(temp_dir), "--num-cpus", str(num_cpus), "--num-gpus", "0",
-           "--object-store-memory", str(400 * 1024 ** 2),
-           "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-           "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
-           "--runtime-env-agent-port", str(runtime_env), "--metrics-export-port", str(metrics),
-           "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
-           "--ray-client-server-port", str(client),
-           "--min-worker-port", "0", "--max-worker-port", "0"]  # 0: any free port, as ray.init() does
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    url = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"`ray start --head` exited with {proc.returncode}:\n{_tail(log)}")
-            try:
-                request = urllib.request.Request(url + "/api/version", headers={"Authorization": f"Bearer {token}"})
-                urllib.request.urlopen(request, timeout=2).close()
-                break
-            except (OSError, urllib.error.HTTPError) as e:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the dashboard did not answer on {url} within {timeout_s:.0f} s ({e}):\n"
-                                       f"{_tail(log)}") from None
-                time.sleep(0.5)
-        yield Cluster(url, env, temp_dir, log)
-    finally:
-        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started, then exits
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()  # its children die with it (PR_SET_PDEATHSIG)
-            proc.wait(timeout=10)
-        # Belt and braces: anything of this cluster's still around (gcs_server, raylet and the agents
-        # name the temp dir on their command lines), by pid. Never `ray stop`: it stops every Ray here.
-        deadline = time.monotonic() + 10
-        while (left := _processes_mentioning(str(temp_dir))) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.timeout(360)
@@ -179,7 +39,7 @@ def test_ray_job_submit_trains_and_checkpoints(tmp_path):
         (tmp_path / "job-submit.log").write_text(output)
         print(f"cluster up in {up - started:.1f} s, `ray job submit` {time.perf_counter() - up:.1f} s")
         assert submit.returncode == 0, (f"`ray job submit` exited {submit.returncode}:\n{output[-4000:]}\n"
-                                        f"ray start log:\n{_tail(cluster.log)}")
+                                        f"ray start log:\n{tail(cluster.log)}")
         status = cluster.ray("job", "status", "--address", cluster.dashboard, job_id, timeout=60)
         assert f"Job '{job_id}' succeeded" in ANSI.sub("", status.stdout + status.stderr), status.stdout + status.stderr
         assert cluster.job_info(job_id)["status"] == "SUCCEEDED"

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ray_ganime.nets import (
+    DCGANGenerator,
     PadToMultiple,
     PatchDiscriminator,
     UNetGenerator,
@@ -264,3 +265,16 @@ def test_bf16_autocast_channels_last_forward_backward(norm):
             assert p.dtype == torch.float32, name  # master weights stay float32
             assert p.grad is not None and p.grad.dtype == torch.float32, name
             assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_dcgan_generator_matches_the_reference_parameter_count_and_shapes():
+    g = DCGANGenerator()  # nz 100, ngf 64, 64 px
+    assert count_parameters(g) == 3_576_704
+    names = [name for name, _ in g.blocks.named_children()]
+    assert names == ["project", "up1", "up2", "up3", "to_rgb"]
+    assert [b.conv.out_channels for b in g.blocks] == [512, 256, 128, 64, 3]
+    out = g(torch.randn(2, 100))
+    assert out.shape == (2, 3, 64, 64) and out.abs().max() <= 1
+    assert DCGANGenerator(latent_dim=16, ngf=8, size=32)(torch.randn(3, 16, 1, 1)).shape == (3, 3, 32, 32)
+    with pytest.raises(ValueError, match="power of two"):
+        DCGANGenerator(size=48)

@@ -89,6 +89,19 @@ def test_search_kinds_that_do_not_fit_the_search_algorithm_are_refused():
     assert tune.tune_domains({"loss.l1": {"choice": [1, 2]}}, "grid") == {"loss.l1": {"grid_search": [1, 2]}}
 
 
+def test_asha_gets_the_grid_in_a_seeded_random_order_and_trials_see_plain_keys():
+    domains = tune.tune_domains({"loss.tv": {"grid": [0.0, 0.1, 10.0]}, "optim.lr_g": {"grid": [1e-4, 1e-3]},
+                                 "loss.l1": {"uniform": [50, 150]}}, "random")
+    shuffled = tune.shuffled_grid(domains, seed=0)
+    assert set(shuffled) == {"loss.l1", tune.GRID_POINT}
+    points = shuffled[tune.GRID_POINT]["grid_search"]
+    nested = [{"loss.tv": tv, "optim.lr_g": lr} for tv in (0.0, 0.1, 10.0) for lr in (1e-4, 1e-3)]
+    assert sorted(points, key=str) == sorted(nested, key=str) and points != nested  # every point once, reordered
+    assert points == tune.shuffled_grid(domains, seed=0)[tune.GRID_POINT]["grid_search"]  # seeded
+    assert tune.flat_params({"loss.l1": 70.0, tune.GRID_POINT: points[0]}) == {"loss.l1": 70.0, **points[0]}
+    assert tune.shuffled_grid({"loss.l1": domains["loss.l1"]}, seed=0) == {"loss.l1": domains["loss.l1"]}
+
+
 def test_optuna_tpe_suggests_configs_from_our_dimensions():
     space = {"loss.tv": {"loguniform": [1e-5, 1e-3]}, "loss.l1": {"choice": [50.0, 100.0]},
              "train.seed": {"randint": [0, 4]}}
@@ -129,7 +142,8 @@ def store(tmp_path_factory, ray_session) -> str:
 @pytest.fixture(scope="module")
 def asha_sweep(store) -> dict:
     """4 trials over the TV weight, one at a time, ASHA halving at epochs 1 and 2 of 3. TV 100 smooths the
-    output flat, so it scores worst at a rung that already has better trials and is stopped there."""
+    output flat, so it scores worst at a rung that already has better trials and is stopped there (tune.seed
+    0 shuffles the grid to 1e-2, 0, 1e-4, 100)."""
     tree = sweep_tree(store, loss={"tv": {"grid": [0.0, 1e-4, 1e-2, 100.0]}},
                       tune={"name": f"asha-{uuid.uuid4().hex[:6]}", "scheduler": "asha", "grace_period": 1,
                             "reduction_factor": 2, "max_concurrent_trials": 1})

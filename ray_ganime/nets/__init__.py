@@ -1,11 +1,13 @@
 """The GAN networks, as plain PyTorch modules (no Ray here: the trainers wrap them; packages rebuild them)."""
 
+from .dcgan import DCGANGenerator
 from .layers import NORMS, conv_bias, count_parameters, init_weights, make_norm
 from .patchgan import PatchDiscriminator, receptive_field
 from .unet import UNetGenerator, unet_channels
 from .wrappers import GENERATORS, PadToMultiple, build_generator
 
 __all__ = [
+    "DCGANGenerator",
     "GENERATORS",
     "NORMS",
     "PadToMultiple",

@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dcgan import DCGANGenerator
 from .unet import UNetGenerator
 
 __all__ = ["GENERATORS", "PadToMultiple", "build_generator"]
 
-GENERATORS: dict[str, type[nn.Module]] = {"UNetGenerator": UNetGenerator}
+GENERATORS: dict[str, type[nn.Module]] = {"UNetGenerator": UNetGenerator, "DCGANGenerator": DCGANGenerator}
 
 
 def build_generator(class_name: str, args: dict[str, Any]) -> nn.Module:

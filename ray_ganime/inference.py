@@ -1,0 +1,116 @@
+"""A model package answering requests: uint8 RGB images in, uint8 RGB images out.
+
+No Ray and no HTTP here: the Serve deployment (``ray_ganime.serve``) and the latency benchmark's in-process
+baseline run exactly this code, so the benchmark measures what Serve adds and nothing else.
+
+* image-to-image packages (Pix2Pix, CycleGAN, AnimeGAN, ...): ``translate`` takes images of any size and
+  aspect ratio; the package's generator pads to its size multiple and crops back, so each output has its
+  input's size. Images of one size run as one batch.
+* noise packages (DCGAN, StyleGAN): ``sample`` draws ``n`` images from a seed (the same seed gives the same
+  images) with optional truncation, as one grid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+
+from ray_ganime import export, preview, storage, transforms
+
+__all__ = ["Generator", "fit_max_side", "pick_device"]
+
+GRID_PAD = 2  # px of white between the images of a noise grid
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("serve.device is cuda but this process sees no GPU (give the replica num_gpus)")
+    return torch.device(device)
+
+
+def fit_max_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``image`` shrunk (area interpolation, aspect kept) so that its longer side is at most ``max_side``."""
+    height, width = image.shape[:2]
+    if not max_side or max(height, width) <= max_side:
+        return image
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+class Generator:
+    """A loaded model package. ``meta`` is its model.json (plus ``uri``)."""
+
+    def __init__(self, model: torch.nn.Module, meta: dict, device: torch.device) -> None:
+        for side in ("input", "output"):
+            spec = meta[side]
+            if side == "output" or meta["kind"] == export.IMAGE_TO_IMAGE:
+                if spec.get("channels") != 3 or list(spec.get("value_range", ())) != [-1.0, 1.0]:
+                    raise export.PackageError(f"{meta['name']}: serving needs RGB in [-1, 1]; the {side} is "
+                                              f"{spec.get('channels')} channels in {spec.get('value_range')}")
+        self.model, self.meta, self.device = model, meta, device
+        self.channels_last = device.type == "cuda"  # faster convolutions on tensor cores; no gain on CPU
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def load(cls, uri: str, device: str = "auto", options: storage.StoreOptions | None = None) -> "Generator":
+        device = pick_device(device)
+        model, meta = export.load_package(uri, device, options)
+        return cls(model, meta, device)
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    def _run(self, x: torch.Tensor) -> np.ndarray:
+        """Forward in float32 (bitwise what the package was verified to compute on CPU), uint8 NHWC out."""
+        with torch.inference_mode():
+            return transforms.to_uint8(self.model(x.to(self.device)))
+
+    def translate(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Each uint8 (H, W, 3) image through the generator, output (H, W, 3); one forward per size."""
+        if self.kind != export.IMAGE_TO_IMAGE:
+            raise ValueError(f"{self.name} is a {self.kind} model: it takes a seed, not an image")
+        outputs: list[np.ndarray | None] = [None] * len(images)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            by_shape.setdefault(image.shape, []).append(i)
+        for indices in by_shape.values():
+            batch = transforms.to_tensor(np.stack([images[i] for i in indices]), self.channels_last)
+            for i, out in zip(indices, self._run(batch)):
+                outputs[i] = out
+        return outputs
+
+    def latents(self, seed: int, n: int, truncation: float | None = None) -> torch.Tensor:
+        """(n, latent_dim) standard normal latents from ``seed``; with ``truncation`` t every component is
+        drawn from the normal truncated to [-t, t] (BigGAN's truncation trick: less variety, fewer failures).
+        Latent i depends only on (seed, i), so a grid of n starts with the grid of n - 1."""
+        dim = self.meta["input"]["latent_dim"]
+        rows = []
+        for i in range(n):
+            g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+            if truncation is None:
+                rows.append(torch.randn(dim, generator=g))
+            else:
+                rows.append(torch.nn.init.trunc_normal_(torch.empty(dim), 0.0, 1.0, -truncation, truncation,
+                                                        generator=g))
+        return torch.stack(rows)
+
+    def sample(self, seed: int, n: int = 1, truncation: float | None = None) -> np.ndarray:
+        """``n`` images of a noise model as one uint8 grid (rows of ceil(sqrt(n)), native size each)."""
+        if self.kind != export.NOISE:
+            raise ValueError(f"{self.name} is an {self.kind} model: it takes an image, not a seed")
+        tiles = list(self._run(self.latents(seed, n, truncation)))
+        per_row = math.ceil(math.sqrt(n))
+        rows = [tiles[i:i + per_row] for i in range(0, n, per_row)]
+        return preview.grid(rows, size=self.meta["native_size"], pad=GRID_PAD)

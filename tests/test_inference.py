@@ -1,0 +1,81 @@
+"""inference.Generator, what the Serve replicas run, without Ray: sizes, batching, seeded noise grids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from serving import dcgan_spec, make_packages
+
+from ray_ganime import export, inference
+from ray_ganime.nets import PadToMultiple, build_generator
+
+
+@pytest.fixture(scope="module")
+def generators(tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    names = make_packages(str(store))
+    return {key: inference.Generator.load(str(store / "models" / name), "cpu") for key, name in names.items()}
+
+
+def rgb(height: int, width: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_translate_keeps_every_size_and_batching_does_not_change_answers(generators):
+    g = generators["image_a"]
+    inputs = [rgb(32, 32, 0), rgb(17, 45, 1), rgb(32, 32, 2), rgb(64, 33, 3)]
+    together = g.translate(inputs)
+    alone = [g.translate([image])[0] for image in inputs]
+    for image, a, b in zip(inputs, together, alone):
+        assert a.shape == image.shape and a.dtype == np.uint8
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    assert not np.array_equal(together[0], together[2])
+
+
+def test_translate_matches_the_package_network_at_its_native_size(generators):
+    g = generators["image_b"]
+    image = rgb(32, 32, 5)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        expected = ((g.model.net(x)[0].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).round().byte().numpy()
+    assert np.array_equal(g.translate([image])[0], expected)
+
+
+def test_noise_latents_are_seeded_prefix_stable_and_truncated(generators):
+    g = generators["noise"]
+    assert torch.equal(g.latents(3, 4), g.latents(3, 4))
+    assert torch.equal(g.latents(3, 5)[:4], g.latents(3, 4))  # n = 5 starts with the n = 4 grid
+    assert not torch.equal(g.latents(3, 4), g.latents(4, 4))
+    assert g.latents(3, 64, truncation=0.5).abs().max() <= 0.5
+    assert g.latents(3, 64).abs().max() > 0.5
+
+
+def test_sample_tiles_n_images_in_rows_of_ceil_sqrt_n(generators):
+    g = generators["noise"]
+    assert g.sample(0, 1).shape == (36, 36, 3)  # 32 px + 2 px around
+    assert g.sample(0, 5).shape == (2 * 34 + 2, 3 * 34 + 2, 3)
+    assert g.sample(0, 9).shape == (3 * 34 + 2, 3 * 34 + 2, 3)
+    assert not np.array_equal(g.sample(0, 2), g.sample(1, 2))
+
+
+def test_each_kind_refuses_the_other_kind_of_request(generators):
+    with pytest.raises(ValueError, match="seed"):
+        generators["noise"].translate([rgb(8, 8, 0)])
+    with pytest.raises(ValueError, match="image"):
+        generators["image_a"].sample(0, 1)
+
+
+def test_fit_max_side_keeps_the_aspect_ratio():
+    image = rgb(200, 300, 0)
+    assert inference.fit_max_side(image, 64).shape == (43, 64, 3)
+    assert inference.fit_max_side(image, None) is image
+    assert inference.fit_max_side(image, 500) is image
+
+
+def test_noise_packages_load_without_padding_and_refuse_onnx(tmp_path, generators):
+    assert not isinstance(generators["noise"].model, PadToMultiple)
+    assert isinstance(generators["image_a"].model, PadToMultiple)
+    net = build_generator(dcgan_spec()["class"], dcgan_spec()["args"])
+    with pytest.raises(export.PackageError, match="ONNX"):
+        export.write_package(net, dcgan_spec(), "x", str(tmp_path), recipe="dcgan", onnx=True)

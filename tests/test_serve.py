@@ -1,0 +1,331 @@
+"""The HTTP API, as deployed by `serve deploy serve_config.yaml` on a real cluster (conftest's ``served``).
+
+Outputs are checked against the same package run in this process (``inference.Generator``): the replica
+runs with other thread counts, so a pixel may round the other way (|diff| <= 1), never more.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import io
+import json
+import struct
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ray_ganime import export, images, inference
+from ray_ganime.serve import model_summary, preferred_media
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def call(served, path: str, data: bytes | None = None, headers: dict | None = None, token: bool = True,
+         method: str | None = None) -> tuple[int, dict, bytes]:
+    """(status, headers with lower-case names, body) of one request; HTTP errors are answers, not exceptions."""
+    headers = dict(headers or {})
+    if token:
+        headers["Authorization"] = f"Bearer {served.token}"
+    request = urllib.request.Request(served.url + path.lstrip("/"), data=data, headers=headers,
+                                     method=method or ("POST" if data is not None else "GET"))
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def generate(served, name: str, image: np.ndarray, query: str = "", **kw) -> tuple[int, dict, bytes]:
+    return call(served, f"v1/models/{name}/generate{query}", images.encode_png(image),
+                {"Content-Type": "image/png", **kw.pop("headers", {})}, **kw)
+
+
+def reason(body: bytes) -> str:
+    payload = json.loads(body)
+    assert set(payload) == {"error", "reason"} and payload["reason"], payload
+    return payload["reason"]
+
+
+def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def local(served):
+    """The packages run in this process, for reference outputs."""
+    return {key: inference.Generator.load(str(served.store / "models" / name), "cpu")
+            for key, name in served.names.items()}
+
+
+def assert_close(got: np.ndarray, expected: np.ndarray) -> None:
+    assert got.shape == expected.shape
+    diff = np.abs(got.astype(int) - expected.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
+
+
+# ------------------------------------------------------------------------------------------- endpoints
+
+
+def test_healthz_and_page_answer_without_a_token(served):
+    status, _, body = call(served, "healthz", token=False)
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+    status, headers, body = call(served, "", token=False)
+    assert status == 200 and headers["content-type"].startswith("text/html") and b"<!doctype html" in body.lower()
+
+
+def test_models_lists_every_package_with_its_metadata(served):
+    status, _, body = call(served, "v1/models")
+    assert status == 200
+    models = {m["name"]: m for m in json.loads(body)["models"]}
+    assert set(served.names.values()) <= set(models)  # (other tests may add packages for a while)
+    a, noise = models[served.names["image_a"]], models[served.names["noise"]]
+    assert a["kind"] == "image-to-image" and a["size_multiple"] == 32 and a["input"]["channels"] == 3
+    assert noise["kind"] == "noise" and noise["input"]["latent_dim"] == 16 and noise["native_size"] == 32
+    assert a["metrics"]["validation"]["val_ssim"] == pytest.approx(0.51) and a["parameters"] > 0
+
+
+@pytest.mark.parametrize("size", [(32, 32), (37, 53), (100, 33), (1, 1), (65, 64)])
+def test_output_has_the_input_size_for_any_aspect_ratio(served, local, size):
+    image = random_image(*size, seed=size[0])
+    status, headers, body = generate(served, served.names["image_a"], image)
+    assert status == 200, body
+    assert headers["content-type"] == "image/png" and headers["x-ganime-model"] == served.names["image_a"]
+    assert_close(images.decode_rgb(body), local["image_a"].translate([image])[0])
+
+
+def test_multiplexed_models_in_a_row_each_answer_with_their_own_weights(served, local):
+    image = random_image(48, 40, seed=7)
+    outputs = {}
+    for key in ("image_a", "image_b", "image_a"):
+        status, headers, body = generate(served, served.names[key], image)
+        assert status == 200 and headers["x-ganime-model"] == served.names[key]
+        outputs[key] = images.decode_rgb(body)
+        assert_close(outputs[key], local[key].translate([image])[0])
+    assert np.abs(outputs["image_a"].astype(int) - outputs["image_b"].astype(int)).mean() > 5
+
+
+def test_a_concurrent_burst_is_batched_and_every_answer_is_its_own(served, local):
+    name = served.names["image_b"]
+    inputs = [random_image(32, 32, seed=100 + i) for i in range(16)]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda image: generate(served, name, image), inputs))
+    expected = local["image_b"].translate(inputs)
+    for (status, _, body), want in zip(answers, expected):
+        assert status == 200, body
+        assert_close(images.decode_rgb(body), want)
+    batch_sizes = [int(headers["x-ganime-batch-size"]) for _, headers, _ in answers]
+    assert max(batch_sizes) > 1, batch_sizes  # some requests shared a forward pass
+    assert all(1 <= b <= 8 for b in batch_sizes)  # serve.max_batch_size in serve_config.yaml
+    assert len({body for _, _, body in answers}) == len(inputs)  # distinct outputs for distinct inputs
+
+
+def test_multipart_upload_jpeg_answer_and_max_side(served, local):
+    name, image = served.names["image_a"], random_image(30, 45, seed=3)
+    boundary = uuid.uuid4().hex
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + images.encode_png(image) + f"\r\n--{boundary}--\r\n".encode()
+    status, _, body = call(served, f"v1/models/{name}/generate", form,
+                           {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 200, body
+    assert_close(images.decode_rgb(body), local["image_a"].translate([image])[0])
+
+    status, headers, body = generate(served, name, image, headers={"Accept": "image/jpeg, image/png;q=0.5"})
+    assert status == 200 and headers["content-type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
+    assert images.decode_rgb(body).shape == image.shape
+
+    big = random_image(200, 300, seed=4)
+    status, _, body = generate(served, name, big, "?max_side=64")
+    assert status == 200 and images.decode_rgb(body).shape == (43, 64, 3)
+
+
+def test_noise_models_draw_a_seeded_grid(served, local):
+    name = served.names["noise"]
+    first = call(served, f"v1/models/{name}/generate?seed=5&n=5", b"")
+    again = call(served, f"v1/models/{name}/generate?seed=5&n=5", b"")
+    other = call(served, f"v1/models/{name}/generate?seed=6&n=5", b"")
+    truncated = call(served, f"v1/models/{name}/generate?seed=5&n=5&truncation=0.5", b"")
+    assert all(status == 200 for status, _, _ in (first, again, other, truncated))
+    grid = images.decode_rgb(first[2])
+    assert grid.shape == (2 * 34 + 2, 3 * 34 + 2, 3)  # 5 images of 32 px in rows of 3, 2 px apart
+    assert first[2] == again[2] and first[2] != other[2] and first[2] != truncated[2]
+    assert_close(grid, local["noise"].sample(5, 5))
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a decompression bomb's calling card), with no real data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+
+def post_declaring(served, path: str, length: int) -> tuple[int, dict, bytes]:
+    """A POST whose Content-Length says ``length`` bytes, of which only the first 64 KiB are sent before the
+    answer is read: a server that checks the declared length refuses it without waiting for the rest."""
+    url = urllib.parse.urlsplit(served.url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    try:
+        connection.putrequest("POST", "/" + path)
+        for name, value in (("Content-Type", "image/png"), ("Content-Length", str(length)),
+                            ("Authorization", f"Bearer {served.token}")):
+            connection.putheader(name, value)
+        connection.endheaders()
+        connection.send(b"\0" * 65536)
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def test_every_bad_request_gets_its_4xx_with_a_reason_and_the_server_goes_on(served, local):
+    a, noise = served.names["image_a"], served.names["noise"]
+    png = images.encode_png(random_image(16, 16))
+    path = f"v1/models/{a}/generate"
+    truncated = png[: len(png) // 2]
+    flat = io.BytesIO()
+    Image.new("RGB", (2100, 2100), (255, 255, 255)).save(flat, "PNG")  # 4.4 Mpx, a few KB
+    cases = [
+        (401, call(served, path, png, {"Content-Type": "image/png"}, token=False), "Bearer"),
+        (401, call(served, "v1/models", headers={"Authorization": "Bearer wrong"}, token=False), "Bearer"),
+        (404, call(served, "v1/models/no-such-model/generate", png, {"Content-Type": "image/png"}), "no-such-model"),
+        (400, call(served, path, b"", {"Content-Type": "image/png"}), "empty"),
+        (400, call(served, path, b"this is not an image", {"Content-Type": "image/png"}), "not an image"),
+        (400, call(served, path, truncated, {"Content-Type": "image/png"}), ""),
+        (413, post_declaring(served, path, 16 * 2**20 + 1), "limit"),
+        (413, call(served, path, flat.getvalue(), {"Content-Type": "image/png"}), "max_side"),
+        (413, call(served, path, _png_claiming(100_000, 100_000), {"Content-Type": "image/png"}), "pixels"),
+        (415, call(served, path, b"hello", {"Content-Type": "text/plain"}), "text/plain"),
+        (415, call(served, path, png, {"Content-Type": "application/x-www-form-urlencoded"}), "Content-Type"),
+        (406, call(served, path, png, {"Content-Type": "image/png", "Accept": "application/json"}), "image/png"),
+        (422, call(served, path + "?max_side=abc", png, {"Content-Type": "image/png"}), "max_side"),
+        (422, call(served, path + "?max_side=2", png, {"Content-Type": "image/png"}), "max_side"),
+        (422, call(served, f"v1/models/{noise}/generate?n=0", b""), "n"),
+        (422, call(served, f"v1/models/{noise}/generate?n=65", b""), "64"),
+        (422, call(served, f"v1/models/{noise}/generate?seed=-1", b""), "seed"),
+        (422, call(served, f"v1/models/{noise}/generate?truncation=0", b""), "truncation"),
+    ]
+    for expected, (status, headers, body), word in cases:
+        assert status == expected, (expected, status, body[:300])
+        assert headers["content-type"] == "application/json" and word in reason(body), (expected, body[:300])
+    assert cases[0][1][1]["www-authenticate"] == "Bearer"
+    # Still serving, and correctly.
+    assert call(served, "healthz", token=False)[0] == 200
+    image = random_image(20, 24, seed=9)
+    status, _, body = generate(served, a, image)
+    assert status == 200 and images.decode_rgb(body).shape == image.shape
+
+
+@pytest.fixture
+def extra_package(served):
+    """Writes one more package into the served store (by name and seed); removed after the test."""
+    import shutil
+
+    from serving import _seeded, unet_spec
+
+    written = []
+
+    def write(prefix: str, seed: int) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        export.write_package(_seeded(unet_spec(), seed), unet_spec(), name, str(served.store), recipe="pix2pix")
+        written.append(served.store / "models" / name)
+        return name
+
+    yield write
+    for folder in written:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_package_exported_while_serving_is_found_without_a_restart(served, extra_package):
+    name = extra_package("late", 9)
+    status, _, body = generate(served, name, random_image(16, 16))
+    assert status == 200 and images.decode_rgb(body).shape == (16, 16, 3)
+
+
+# ------------------------------------------------------------------------------------------- units
+
+
+def test_preferred_media_follows_accept_q_values():
+    assert preferred_media(None) == "image/png"
+    assert preferred_media("*/*") == "image/png"
+    assert preferred_media("image/jpeg") == "image/jpeg"
+    assert preferred_media("image/png;q=0.4, image/jpeg;q=0.9") == "image/jpeg"
+    assert preferred_media("image/*, image/png;q=0") == "image/jpeg"
+    with pytest.raises(Exception, match="406|image/png"):
+        preferred_media("text/html")
+
+
+def test_model_summary_leaves_the_training_config_out(tmp_path):
+    from serving import make_packages
+
+    names = make_packages(str(tmp_path))
+    meta = export.package_meta(str(tmp_path / "models" / names["image_a"]))
+    summary = model_summary(names["image_a"], meta)
+    assert "training" not in summary and summary["kind"] == "image-to-image"
+
+
+# ------------------------------------------------------------------------------------------- ganime serve
+
+
+def test_ganime_serve_runs_the_same_app_locally(tmp_path):
+    """`ganime serve` on its own local Ray: loopback, no token when none is set, Ctrl-C stops it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from servers import free_ports
+    from serving import make_packages
+
+    names = make_packages(str(tmp_path / "store"))
+    port, = free_ports(1)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "GANIME_SERVE_TOKEN")}
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "ganime"), "serve", "--store", str(tmp_path / "store"),
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            if f"at {url}" in log.read_text():  # printed once the app is up
+                break
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        with urllib.request.urlopen(url + "v1/models", timeout=5) as response:
+            models = json.loads(response.read())["models"]
+        assert {m["name"] for m in models} == set(names.values())
+        request = urllib.request.Request(f"{url}v1/models/{names['image_a']}/generate",
+                                         data=images.encode_png(random_image(21, 34)),
+                                         headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert images.decode_rgb(response.read()).shape == (21, 34, 3)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+def test_a_corrupt_package_is_a_500_that_says_why(served, extra_package):
+    name = extra_package("corrupt", 11)
+    weights = served.store / "models" / name / export.WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
+    status, headers, body = generate(served, name, random_image(16, 16))
+    assert status == 500 and headers["content-type"] == "application/json" and "sha256" in reason(body)
+    assert call(served, "healthz", token=False)[0] == 200
