@@ -11,7 +11,21 @@ at concurrency 1 and 16: p50 / p99 latency and requests/s. The model is the Pix2
 (seeded random weights: speed does not depend on them). Both sides use the same torch thread count.
 
 Targets (printed as measured): p50 overhead of Serve at concurrency 1 (serve, batching off, minus direct)
-<= 10 ms at 256 px; batching >= 1.5x the throughput of no batching at concurrency 16 on CPU.
+<= 10 ms at 256 px; batching >= 1.5x the throughput of no batching at concurrency 16 on CPU. The batch and
+fwd ms/img columns come from the responses' X-Ganime-Batch-Size and Server-Timing headers.
+
+Measured on a 2-core box with no GPU (client, Serve proxy, both deployments and Ray's own processes on the
+same 2 cores), defaults: both targets missed.
+    direct c=1 p50 172 ms; serve c=1 p50 199 ms: overhead +28 ms (+9 to +35 ms across runs; with
+    --threads 1, which leaves a core to the proxy and gateway, +9 ms). /healthz alone (proxy -> gateway)
+    takes ~8 ms here, the gateway -> Generators hop ~10 ms more.
+    c=16: batching on 6.4 req/s vs off 5.1 req/s = 1.26x (1.13x to 1.26x across runs), mean batch 2.1.
+Why: on CPU this U-Net's forward pass costs about the same per image at any batch size (220 ms/img at 1
+thread for batch 1 and batch 14); what batching buys here is only better use of the second thread, and
+that core is shared with HTTP and (de)coding. Serve also forms the next batch as soon as its first request
+waits batch_wait_timeout_s, not when the running batch ends, so under load batches stay small (a
+wait sized to the running batch gave batches of 14 and less throughput). On a GPU replica batching is
+where the throughput is; that run is still to be made.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import http.client
+import statistics
 import sys
 import tempfile
 import time
@@ -51,19 +66,28 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure(call, bodies: list[bytes], concurrency: int) -> dict:
-    """Latencies (ms) of every call and requests/s over the whole burst, ``concurrency`` at a time."""
+    """Latencies (ms) of every call and requests/s over the whole burst, ``concurrency`` at a time; for
+    Serve also the mean batch size and the forward pass's ms per image (from the response headers)."""
     call(bodies[0])  # warm-up: loads the model, fills caches
 
-    def timed(body: bytes) -> float:
+    def timed(body: bytes) -> tuple[float, dict]:
         started = time.perf_counter()
-        call(body)
-        return (time.perf_counter() - started) * 1e3
+        headers = call(body)
+        return (time.perf_counter() - started) * 1e3, headers
 
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        latencies = list(pool.map(timed, bodies))
+        answers = list(pool.map(timed, bodies))
     wall = time.perf_counter() - started
-    return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "rps": len(bodies) / wall}
+    latencies = [ms for ms, _ in answers]
+    out = {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "rps": len(bodies) / wall}
+    served = [h for _, h in answers if h]
+    if served:
+        batches = [int(h["x-ganime-batch-size"]) for h in served]
+        forward = [float(dict(p.strip().split(";dur=") for p in h["server-timing"].split(","))["forward"]) / b
+                   for h, b in zip(served, batches)]
+        out.update(batch=statistics.mean(batches), forward_per_image=statistics.mean(forward))
+    return out
 
 
 class Client:
@@ -74,7 +98,7 @@ class Client:
 
         self.port, self.local = port, threading.local()
 
-    def __call__(self, body: bytes) -> bytes:
+    def __call__(self, body: bytes) -> dict[str, str]:
         if not hasattr(self.local, "connection"):
             self.local.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
         connection = self.local.connection
@@ -83,7 +107,7 @@ class Client:
         data = response.read()
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {data[:300]!r}")
-        return data
+        return {k.lower(): v for k, v in response.getheaders()}
 
 
 def main() -> None:
@@ -107,8 +131,9 @@ def main() -> None:
 
     generator = inference.Generator.load(str(Path(store) / "models" / NAME), "cpu")
 
-    def direct(body: bytes) -> bytes:
-        return images.encode_png(generator.translate([images.decode_rgb(body)])[0], 1)
+    def direct(body: bytes) -> dict:
+        images.encode_png(generator.translate([images.decode_rgb(body)])[0], 1)
+        return {}
 
     results = {}
     for concurrency, n in ((1, args.requests), (16, 2 * args.requests)):
@@ -131,9 +156,10 @@ def main() -> None:
 
     print(f"\nPix2Pix U-Net ngf {args.ngf} at {args.size} px, {threads} torch threads, "
           f"{args.requests} / {2 * args.requests} requests at concurrency 1 / 16")
-    print(f"{'':<22}{'c':>3}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}")
+    print(f"{'':<22}{'c':>3}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}{'batch':>7}{'fwd ms/img':>12}")
     for (label, concurrency), r in results.items():
-        print(f"{label:<22}{concurrency:>3}{r['p50']:>10.1f}{r['p99']:>10.1f}{r['rps']:>9.2f}")
+        extra = f"{r['batch']:>7.1f}{r['forward_per_image']:>12.1f}" if "batch" in r else ""
+        print(f"{label:<22}{concurrency:>3}{r['p50']:>10.1f}{r['p99']:>10.1f}{r['rps']:>9.2f}{extra}")
     overhead = results[("serve, batching off", 1)]["p50"] - results[("direct", 1)]["p50"]
     overhead_on = results[("serve, batching on", 1)]["p50"] - results[("direct", 1)]["p50"]
     speedup = results[("serve, batching on", 16)]["rps"] / results[("serve, batching off", 16)]["rps"]

@@ -25,6 +25,7 @@ JSON ``{"error", "reason"}``.
 # No `from __future__ import annotations`: FastAPI reads the route signatures of the class-based views
 # that serve.ingress builds, and cannot resolve string annotations there (Request would become a query field).
 import asyncio
+import contextlib
 import os
 import secrets
 import time
@@ -119,6 +120,21 @@ def model_summary(name: str, meta: dict) -> dict[str, Any]:
             "created": meta.get("created"), "onnx": bool(meta.get("onnx"))}
 
 
+class Timing(dict):
+    """Milliseconds per step of a request, for the standard Server-Timing header (browsers' dev tools show it):
+    decode and encode in the gateway, generate = the round trip to Generators (queueing and batching included),
+    forward = the network's own forward pass (for the whole batch)."""
+
+    @contextlib.contextmanager
+    def __call__(self, step: str):
+        started = time.perf_counter()
+        yield
+        self[step] = (time.perf_counter() - started) * 1e3
+
+    def header(self) -> str:
+        return ", ".join(f"{step};dur={ms:.1f}" for step, ms in self.items())
+
+
 @serve.deployment(max_ongoing_requests=32, ray_actor_options={"num_cpus": 1})
 class Generators:
     """Model packages by name, batched. Called through a handle with ``multiplexed_model_id=<package name>``."""
@@ -141,21 +157,25 @@ class Generators:
         self._translate_batch.set_max_batch_size(limits.max_batch_size)
         self._translate_batch.set_batch_wait_timeout_s(limits.batch_wait_timeout_s)
 
-    async def translate(self, image: np.ndarray) -> tuple[np.ndarray, int]:
-        """(output image, how many requests shared its batch)."""
+    async def translate(self, image: np.ndarray) -> tuple[np.ndarray, int, float]:
+        """(output image, how many requests shared its batch, ms the batch's forward pass took)."""
         return await self._translate_batch(image)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)  # reset from the config in __init__
-    async def _translate_batch(self, batch: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+    async def _translate_batch(self, batch: list[np.ndarray]) -> list[tuple[np.ndarray, int, float]]:
         # Serve splits batches by model id, so one batch is one model.
         generator = await self.get_generator(serve.get_multiplexed_model_id())
+        started = time.perf_counter()
         # Off the event loop: requests keep queueing (into the next batch) while this one runs.
         outputs = await asyncio.to_thread(generator.translate, batch)
-        return [(out, len(batch)) for out in outputs]
+        forward_ms = (time.perf_counter() - started) * 1e3
+        return [(out, len(batch), forward_ms) for out in outputs]
 
-    async def sample(self, seed: int, n: int, truncation: float | None) -> np.ndarray:
+    async def sample(self, seed: int, n: int, truncation: float | None) -> tuple[np.ndarray, float]:
         generator = await self.get_generator(serve.get_multiplexed_model_id())
-        return await asyncio.to_thread(generator.sample, seed, n, truncation)
+        started = time.perf_counter()
+        grid = await asyncio.to_thread(generator.sample, seed, n, truncation)
+        return grid, (time.perf_counter() - started) * 1e3
 
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
@@ -283,22 +303,28 @@ class Gateway:
         meta = await self._package(name)
         handle = self.generators.options(multiplexed_model_id=name)
         headers = {"X-Ganime-Model": name}
+        timing = Timing()
         try:
             if meta["kind"] == export.NOISE:
                 if n > self.limits.max_images:
                     raise HTTPException(422, f"n: at most {self.limits.max_images} images per request, got {n}")
-                output = await handle.sample.remote(seed, n, truncation)
+                with timing("generate"):
+                    output, timing["forward"] = await handle.sample.remote(seed, n, truncation)
             elif meta["kind"] == export.IMAGE_TO_IMAGE:
-                image = await asyncio.to_thread(self._decode, await self._image_bytes(request), max_side)
-                output, batch = await handle.translate.remote(image)
+                data = await self._image_bytes(request)
+                with timing("decode"):
+                    image = await asyncio.to_thread(self._decode, data, max_side)
+                with timing("generate"):
+                    output, batch, timing["forward"] = await handle.translate.remote(image)
                 headers["X-Ganime-Batch-Size"] = str(batch)
             else:
                 raise HTTPException(501, f"{name} is a {meta['kind']!r} model, which this server cannot run")
         except FileNotFoundError:  # removed from the store since it was listed (Ray re-raises it as such)
             self._listing = (-float("inf"), {})
             raise HTTPException(404, f"model {name!r} is no longer in this server's store") from None
-        data = await asyncio.to_thread(self._encode, output, media)
-        return Response(data, media_type=media, headers=headers)
+        with timing("encode"):
+            data = await asyncio.to_thread(self._encode, output, media)
+        return Response(data, media_type=media, headers={**headers, "Server-Timing": timing.header()})
 
 
 def build_app(args: dict | None = None) -> serve.Application:

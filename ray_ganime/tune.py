@@ -130,8 +130,8 @@ def shuffled_grid(domains: dict[str, Any], seed: int) -> dict[str, Any]:
     Asynchronous successive halving judges each trial only against the trials that reached a rung before
     it, so it assumes trials arrive in random order. Tune expands a grid in nested order (last key
     fastest), and along that order the objective often rises steadily (a learning rate, a weight): then
-    every newcomer beats its predecessors and ASHA stops nothing (measured: 41 of 54 epochs spent on a
-    3x3 grid, against ~half with the order shuffled)."""
+    every newcomer beats its predecessors and ASHA stops little (bench/tune_efficiency.py: 41 of 54 epochs on a
+    3x3 grid in nested order, 28 of 54 shuffled)."""
     from ray import tune
 
     grids = {k: v["grid_search"] for k, v in domains.items() if isinstance(v, dict) and "grid_search" in v}

@@ -97,6 +97,8 @@ def test_output_has_the_input_size_for_any_aspect_ratio(served, local, size):
     status, headers, body = generate(served, served.names["image_a"], image)
     assert status == 200, body
     assert headers["content-type"] == "image/png" and headers["x-ganime-model"] == served.names["image_a"]
+    steps = dict(step.strip().split(";dur=") for step in headers["server-timing"].split(","))
+    assert set(steps) == {"decode", "generate", "forward", "encode"} and float(steps["generate"]) >= float(steps["forward"])
     assert_close(images.decode_rgb(body), local["image_a"].translate([image])[0])
 
 
