@@ -49,6 +49,9 @@ class DataConfig(Section):
     batch_size: int = Field(32, ge=1)
     shuffle_buffer: int = Field(256, ge=0)  # rows in the per-worker local shuffle buffer; 0 = off
     map_batch_size: int = Field(16, ge=1)  # rows per Ray Data decode task batch
+    # CPUs each Ray Data read/decode task reserves. Fractional on small machines: with Train workers and Tune
+    # trial drivers holding fractions of 2 CPUs, a task that needs a whole free CPU may never be scheduled.
+    task_cpus: float = Field(1.0, gt=0)
     seed: int = 0
     # Keep row order through parallel decode tasks, so a fixed seed gives the same batches (and an
     # exact resume); turning it off lets fast tasks overtake slow ones, for a little more throughput.

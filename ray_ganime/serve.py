@@ -340,6 +340,7 @@ def run_local(tree: dict, blocking: bool = True) -> str:
     from ray_ganime.runtime import init_ray
 
     cfg = from_tree(tree)
+    joined = bool(os.environ.get("RAY_ADDRESS"))  # else init_ray starts a Ray that ends with this process
     init_ray()
     url = f"http://{cfg.serve.host}:{cfg.serve.port}/"
     try:
@@ -349,5 +350,7 @@ def run_local(tree: dict, blocking: bool = True) -> str:
         while blocking:
             time.sleep(3600)
     except KeyboardInterrupt:
-        serve.shutdown()
+        # On our own Ray, exiting stops everything at once; Serve's graceful drain can take a minute.
+        if joined:
+            serve.delete(APP_NAME)
     return url

@@ -102,7 +102,7 @@ def ray_session(s3_server, tmp_path_factory) -> Iterator[None]:
 
 # ===================================================================================================
 # Serve: serve_config.yaml deployed with `serve deploy` to a real `ray start --head` cluster
-#   served          session: the app up, over a store holding tests/serving.py's packages, with a bearer
+#   served          module (so no cluster lingers through later test files): the app up, over a store holding tests/serving.py's packages, with a bearer
 #                   token; .url, .token, .names (image_a, image_b, noise), .store, .cluster, .config
 # ===================================================================================================
 
@@ -117,7 +117,7 @@ class Served:
     config: Path  # the serve_config.yaml that was deployed (the repo's, on a free port)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[Served]:
     import secrets
 

@@ -299,7 +299,7 @@ def test_ganime_serve_runs_the_same_app_locally(tmp_path):
                                  "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240
         while True:
             assert proc.poll() is None, log.read_text()[-3000:]
             if f"at {url}" in log.read_text():  # printed once the app is up
@@ -317,7 +317,7 @@ def test_ganime_serve_runs_the_same_app_locally(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise

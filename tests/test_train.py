@@ -45,7 +45,7 @@ def make_cfg(store: str, name: str, *overrides: str, dataset: str = SMALL_DATASE
     base = [f"store.uri={store}", f"data.uri={dataset}", f"train.run_name={name}",
             "recipe=pix2pix", "model.ngf=8", "model.ndf=8",
             "data.load_size=36", "data.crop_size=32", "data.batch_size=4", "data.shuffle_buffer=16",
-            "data.map_batch_size=64",
+            "data.map_batch_size=64", "data.task_cpus=0.5",
             "train.epochs=2", "train.cpus_per_worker=0.5", "train.max_steps_per_epoch=3",
             "train.checkpoint_every=1", "train.sample_every=100"]
     return load_config(None, [*base, *overrides])

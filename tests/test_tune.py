@@ -30,7 +30,7 @@ TINY = {
     "recipe": "pix2pix",
     "model": {"ngf": 8, "ndf": 8},
     "data": {"uri": DATASET[0], "load_size": 36, "crop_size": 32, "batch_size": 4, "shuffle_buffer": 16,
-             "map_batch_size": 64},
+             "map_batch_size": 64, "task_cpus": 0.5},
     "train": {"epochs": 3, "cpus_per_worker": 0.5, "max_steps_per_epoch": 4, "checkpoint_every": 1,
               "sample_every": 100},
     "eval": {"val_images": 16, "fid_weights": "random"},
