@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import time
 from importlib import resources
 from typing import Any
@@ -335,6 +336,10 @@ def build_app(args: dict | None = None) -> serve.Application:
     return Gateway.bind(Generators.bind(config), config)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run_local(tree: dict, blocking: bool = True) -> str:
     """``ganime serve``: the app on a local Ray (or $RAY_ADDRESS), HTTP on serve.host:serve.port. Returns the URL."""
     from ray_ganime.runtime import init_ray
@@ -343,6 +348,8 @@ def run_local(tree: dict, blocking: bool = True) -> str:
     joined = bool(os.environ.get("RAY_ADDRESS"))  # else init_ray starts a Ray that ends with this process
     init_ray()
     url = f"http://{cfg.serve.host}:{cfg.serve.port}/"
+    if blocking:  # SIGTERM (service managers, containers, `kill`) stops it the way Ctrl-C does
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
         serve.run(build_app(tree), name=APP_NAME, route_prefix="/", blocking=False)

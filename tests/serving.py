@@ -1,4 +1,4 @@
-"""Model packages for the serving tests and benchmarks: tiny, seeded, real networks.
+"""Model packages for the serving tests: tiny, seeded, real networks.
 
 ``make_packages(store)`` writes three packages into ``store`` and returns their names:
     image_a, image_b   Pix2Pix U-Nets (ngf 8, 32 px native, size multiple 32) with different seeded weights
@@ -31,7 +31,7 @@ def dcgan_spec(latent_dim: int = 16, ngf: int = 8, size: int = 32) -> dict:
             "output": {"channels": 3, **IMAGE}, "native_size": size, "size_multiple": size}
 
 
-def _seeded(spec: dict, seed: int) -> torch.nn.Module:
+def seeded_net(spec: dict, seed: int) -> torch.nn.Module:
     from ray_ganime.nets import build_generator, init_weights
 
     torch.manual_seed(seed)
@@ -48,6 +48,6 @@ def _seeded(spec: dict, seed: int) -> torch.nn.Module:
 def make_packages(store: str) -> dict[str, str]:
     for key, spec, seed, recipe in (("image_a", unet_spec(), 1, "pix2pix"), ("image_b", unet_spec(), 2, "pix2pix"),
                                     ("noise", dcgan_spec(), 3, "dcgan")):
-        export.write_package(_seeded(spec, seed), spec, NAMES[key], store, recipe=recipe,
+        export.write_package(seeded_net(spec, seed), spec, NAMES[key], store, recipe=recipe,
                              metrics={"validation": {"val_ssim": 0.5 + seed / 100}}, overwrite=True)
     return dict(NAMES)

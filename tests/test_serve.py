@@ -232,13 +232,13 @@ def extra_package(served):
     """Writes one more package into the served store (by name and seed); removed after the test."""
     import shutil
 
-    from serving import _seeded, unet_spec
+    from serving import seeded_net, unet_spec
 
     written = []
 
     def write(prefix: str, seed: int) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-        export.write_package(_seeded(unet_spec(), seed), unet_spec(), name, str(served.store), recipe="pix2pix")
+        export.write_package(seeded_net(unet_spec(), seed), unet_spec(), name, str(served.store), recipe="pix2pix")
         written.append(served.store / "models" / name)
         return name
 
@@ -279,7 +279,8 @@ def test_model_summary_leaves_the_training_config_out(tmp_path):
 
 
 def test_ganime_serve_runs_the_same_app_locally(tmp_path):
-    """`ganime serve` on its own local Ray: loopback, no token when none is set, Ctrl-C stops it."""
+    """`ganime serve` on its own local Ray: loopback, no token when none is set, SIGTERM stops it (SIGINT, Ctrl-C,
+    takes the same path, but a process started in the background by a non-interactive shell ignores SIGINT)."""
     import os
     import signal
     import subprocess
