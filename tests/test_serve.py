@@ -316,7 +316,7 @@ def test_ganime_serve_runs_the_same_app_locally(tmp_path):
         with urllib.request.urlopen(request, timeout=60) as response:
             assert images.decode_rgb(response.read()).shape == (21, 34, 3)
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
