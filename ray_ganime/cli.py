@@ -18,9 +18,14 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="store root URI (local folder or s3://bucket/prefix); default $GANIME_STORE")
 
 
+def _overrides(args, **options) -> list[str]:
+    """--set values, then --store and the given command options as config keys (those not given: left out)."""
+    given = {"store.uri": getattr(args, "store", None), **options}
+    return list(args.overrides) + [f"{key}={value}" for key, value in given.items() if value]
+
+
 def _load(args) -> cfgmod.Config:
-    overrides = list(args.overrides) + ([f"store.uri={args.store}"] if getattr(args, "store", None) else [])
-    return cfgmod.load_config(args.config, overrides)
+    return cfgmod.load_config(args.config, _overrides(args))
 
 
 def cmd_synth(args) -> None:
@@ -101,9 +106,7 @@ def cmd_tune(args) -> None:
 
     if bool(args.config) == bool(args.resume):
         raise cfgmod.ConfigError("give a sweep config (ganime tune CONFIG) or --resume NAME, not both")
-    overrides = list(args.overrides) + ([f"store.uri={args.store}"] if args.store else [])
-    overrides += [f"tune.name={args.name}"] if args.name else []
-    tree = cfgmod.load_tree(args.config, overrides)
+    tree = cfgmod.load_tree(args.config, _overrides(args, **{"tune.name": args.name}))
     out = tune.run(tree, resume=args.resume)
     print(f"\nsweep:    {out['sweep']}  ({len(out['trials'])} trials; resume with --resume {out['name']})")
     for key in ("markdown", "csv", "plot"):
@@ -171,10 +174,8 @@ def _fmt_optional(value) -> str:
 def cmd_serve(args) -> None:
     from ray_ganime import serve
 
-    overrides = list(args.overrides) + ([f"store.uri={args.store}"] if args.store else [])
-    overrides += [f"serve.host={args.host}"] if args.host else []
-    overrides += [f"serve.port={args.port}"] if args.port else []
-    serve.run_local(cfgmod.load_tree(args.config, overrides))
+    options = {"serve.host": args.host, "serve.port": args.port}
+    serve.run_local(cfgmod.load_tree(args.config, _overrides(args, **options)))
 
 
 def cmd_models(args) -> None:

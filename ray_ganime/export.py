@@ -33,7 +33,7 @@ from torch import nn
 from ray_ganime import __version__, storage
 from ray_ganime.nets import PadToMultiple, build_generator, count_parameters
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "IMAGE_TO_IMAGE", "NOISE", "PackageError", "example_input", "export_package",
+__all__ = ["FORMAT", "FORMAT_VERSION", "IMAGE_TO_IMAGE", "NOISE", "PackageError", "export_package",
            "find_evaluation", "list_packages", "load_package", "package_meta", "package_uri", "write_package"]
 
 FORMAT = "ray-ganime-model"
@@ -108,20 +108,20 @@ def _rebuilt_exactly(generator: nn.Module, spec: dict) -> nn.Module:
     rebuilt = build_generator(spec["class"], spec["args"])
     rebuilt.load_state_dict(generator.state_dict())  # strict: same parameter and buffer names and shapes
     rebuilt.eval()
-    x = example_input(spec)
+    x = _example_input(spec)
     with torch.no_grad():
         if not torch.equal(rebuilt(x), generator(x)):
             raise PackageError(f"{spec['class']}({spec['args']}) does not reproduce the recipe's generator")
     return rebuilt
 
 
-def example_input(spec: dict, batch: int = 1, seed: int = 0) -> torch.Tensor:
-    """A seeded input of ``batch`` for a generator described by ``spec`` (a model.json or generator_spec)."""
-    g = torch.Generator().manual_seed(seed)
+def _example_input(spec: dict) -> torch.Tensor:
+    """A seeded input for one sample of a generator described by ``spec`` (a generator_spec)."""
+    g = torch.Generator().manual_seed(0)
     if spec["kind"] == NOISE:
-        return torch.randn(batch, spec["input"]["latent_dim"], generator=g)
+        return torch.randn(1, spec["input"]["latent_dim"], generator=g)
     size = spec["native_size"]
-    return torch.rand(batch, spec["input"]["channels"], size, size, generator=g) * 2 - 1
+    return torch.rand(1, spec["input"]["channels"], size, size, generator=g) * 2 - 1
 
 
 def find_evaluation(checkpoint_uri: str, options: storage.StoreOptions | None = None) -> dict | None:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 import torch
 
 from ray_ganime import export, preview, storage, transforms
 
-__all__ = ["Generator", "fit_max_side", "pick_device"]
+__all__ = ["Generator", "pick_device"]
 
 GRID_PAD = 2  # px of white between the images of a noise grid
 
@@ -31,16 +30,6 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("serve.device is cuda but this process sees no GPU (give the replica num_gpus)")
     return torch.device(device)
-
-
-def fit_max_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
-    """``image`` shrunk (area interpolation, aspect kept) so that its longer side is at most ``max_side``."""
-    height, width = image.shape[:2]
-    if not max_side or max(height, width) <= max_side:
-        return image
-    scale = max_side / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 class Generator:

@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import cv2
-import numpy as np
 from tqdm import tqdm
 
-from ray_ganime import images, shards, storage
+from ray_ganime import images, shards, storage, transforms
 
 LAYOUTS = ("paired-concat", "paired-dirs", "unpaired", "folder")
 KIND_OF_LAYOUT = {"paired-concat": "paired", "paired-dirs": "paired", "unpaired": "unpaired", "folder": "folder"}
@@ -100,18 +98,10 @@ def candidates(layout: str, src: Path, opts: IngestOptions) -> list[Candidate]:
     raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
 
 
-def _downscale(image: np.ndarray, max_side: int | None) -> np.ndarray:
-    h, w = image.shape[:2]
-    if not max_side or max(h, w) <= max_side:
-        return image
-    scale = max_side / max(h, w)
-    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-
-
 def _fit(data: bytes, max_side: int | None) -> tuple[bytes, int, int]:
     """Validate by decoding fully; keep the original bytes unless a resize was asked for."""
     image = images.decode_rgb(data)
-    small = _downscale(image, max_side)
+    small = transforms.fit_max_side(image, max_side)
     if small is not image:
         return images.encode_png(small), small.shape[1], small.shape[0]
     return data, image.shape[1], image.shape[0]
@@ -128,7 +118,7 @@ def _process(layout: str, c: Candidate, opts: IngestOptions) -> dict:
             raise ValueError(f"width {w} cannot be split into two equal halves")
         left, right = image[:, : w // 2], image[:, w // 2:]
         color, sketch = (left, right) if opts.color_side == "left" else (right, left)
-        color, sketch = _downscale(color, opts.max_side), _downscale(sketch, opts.max_side)
+        color, sketch = transforms.fit_max_side(color, opts.max_side), transforms.fit_max_side(sketch, opts.max_side)
         # Halves of one file must be re-encoded; PNG keeps them lossless (line art stays crisp).
         return {"id": c.id, "sketch": images.encode_png(sketch), "color": images.encode_png(color),
                 "width": sketch.shape[1], "height": sketch.shape[0], "source": str(c.sources[0])}

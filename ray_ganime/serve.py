@@ -42,7 +42,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
-from ray_ganime import __version__, export, images, inference
+from ray_ganime import __version__, export, images, inference, transforms
 from ray_ganime.config import Config, from_tree
 
 __all__ = ["APP_NAME", "Gateway", "Generators", "build_app", "run_local"]
@@ -267,7 +267,7 @@ class Gateway:
             raise HTTPException(413, str(e)) from None
         except images.BadImage as e:
             raise HTTPException(400, str(e)) from None
-        image = inference.fit_max_side(image, max_side)
+        image = transforms.fit_max_side(image, max_side)
         height, width = image.shape[:2]
         if height * width > self.limits.max_pixels:
             raise HTTPException(413, f"{width}x{height} is over this server's limit of {self.limits.max_pixels} "

@@ -105,6 +105,17 @@ def resize(
     return cv2.resize(image, (width, height), interpolation=INTERPOLATIONS[interpolation])
 
 
+def fit_max_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``image`` shrunk (area interpolation, aspect kept) so that its longer side is at most ``max_side``;
+    the same array when it already fits or ``max_side`` is None."""
+    height, width = image.shape[:2]
+    if not max_side or max(height, width) <= max_side:
+        return image
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
 def crop_flip_params(
     rng: np.random.Generator, height: int, width: int, crop: int, flip: bool = True
 ) -> tuple[int, int, bool]:

@@ -8,6 +8,7 @@ Weights are seeded random init (no training): serving must reproduce them exactl
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ray_ganime import export
@@ -51,3 +52,8 @@ def make_packages(store: str) -> dict[str, str]:
         export.write_package(seeded_net(spec, seed), spec, NAMES[key], store, recipe=recipe,
                              metrics={"validation": {"val_ssim": 0.5 + seed / 100}}, overwrite=True)
     return dict(NAMES)
+
+
+def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Seeded uniform-noise uint8 RGB (height, width, 3): every pixel matters to the generator's output."""
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from serving import dcgan_spec, make_packages
+from serving import dcgan_spec, make_packages, random_image
 
-from ray_ganime import export, inference
+from ray_ganime import export, inference, transforms
 from ray_ganime.nets import PadToMultiple, build_generator
 
 
@@ -18,13 +18,9 @@ def generators(tmp_path_factory):
     return {key: inference.Generator.load(str(store / "models" / name), "cpu") for key, name in names.items()}
 
 
-def rgb(height: int, width: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
 def test_translate_keeps_every_size_and_batching_does_not_change_answers(generators):
     g = generators["image_a"]
-    inputs = [rgb(32, 32, 0), rgb(17, 45, 1), rgb(32, 32, 2), rgb(64, 33, 3)]
+    inputs = [random_image(32, 32, 0), random_image(17, 45, 1), random_image(32, 32, 2), random_image(64, 33, 3)]
     together = g.translate(inputs)
     alone = [g.translate([image])[0] for image in inputs]
     for image, a, b in zip(inputs, together, alone):
@@ -35,7 +31,7 @@ def test_translate_keeps_every_size_and_batching_does_not_change_answers(generat
 
 def test_translate_matches_the_package_network_at_its_native_size(generators):
     g = generators["image_b"]
-    image = rgb(32, 32, 5)
+    image = random_image(32, 32, 5)
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
     with torch.no_grad():
         expected = ((g.model.net(x)[0].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).round().byte().numpy()
@@ -61,16 +57,16 @@ def test_sample_tiles_n_images_in_rows_of_ceil_sqrt_n(generators):
 
 def test_each_kind_refuses_the_other_kind_of_request(generators):
     with pytest.raises(ValueError, match="seed"):
-        generators["noise"].translate([rgb(8, 8, 0)])
+        generators["noise"].translate([random_image(8, 8, 0)])
     with pytest.raises(ValueError, match="image"):
         generators["image_a"].sample(0, 1)
 
 
 def test_fit_max_side_keeps_the_aspect_ratio():
-    image = rgb(200, 300, 0)
-    assert inference.fit_max_side(image, 64).shape == (43, 64, 3)
-    assert inference.fit_max_side(image, None) is image
-    assert inference.fit_max_side(image, 500) is image
+    image = random_image(200, 300, 0)
+    assert transforms.fit_max_side(image, 64).shape == (43, 64, 3)
+    assert transforms.fit_max_side(image, None) is image
+    assert transforms.fit_max_side(image, 500) is image
 
 
 def test_noise_packages_load_without_padding_and_refuse_onnx(tmp_path, generators):

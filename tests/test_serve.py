@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from serving import random_image
+
 from ray_ganime import export, images, inference
 from ray_ganime.serve import model_summary, preferred_media
 
@@ -51,10 +53,6 @@ def reason(body: bytes) -> str:
     payload = json.loads(body)
     assert set(payload) == {"error", "reason"} and payload["reason"], payload
     return payload["reason"]
-
-
-def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
