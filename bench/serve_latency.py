@@ -8,24 +8,27 @@ One run, one machine, side by side:
   serve         POST /v1/models/<name>/generate over HTTP (keep-alive connections) to the app on a local
                 Ray, with serve.max_batch_size 1 (batching off) and 16 (on)
 at concurrency 1 and 16: p50 / p99 latency and requests/s. The model is the Pix2Pix U-Net at --size px
-(seeded random weights: speed does not depend on them). Both sides use the same torch thread count.
+(seeded random weights: speed does not depend on them). Both sides use the same torch thread count,
+by default 1: what a Generators replica of serve_config.yaml gets (num_cpus 1; Ray sets its threads).
 
 Targets (printed as measured): p50 overhead of Serve at concurrency 1 (serve, batching off, minus direct)
-<= 10 ms at 256 px; batching >= 1.5x the throughput of no batching at concurrency 16 on CPU. The batch and
-fwd ms/img columns come from the responses' X-Ganime-Batch-Size and Server-Timing headers.
+<= 10 ms at 256 px; batching >= 1.5x the throughput of no batching at concurrency 16 on CPU. The batch,
+fwd ms/img and hop ms columns come from the responses' X-Ganime-Batch-Size and Server-Timing headers
+(hop: Server-Timing generate minus forward, the Gateway -> Generators round trip with any batch wait).
+Also printed, from the same run: GET /healthz p50 (HTTP -> proxy -> Gateway and back), and the forward
+pass alone in process at 1 vs 16 images per call, which bounds what any batching can gain here.
 
 Measured on a 2-core box with no GPU (client, Serve proxy, both deployments and Ray's own processes on the
-same 2 cores), defaults: both targets missed.
-    direct c=1 p50 172 ms; serve c=1 p50 199 ms: overhead +28 ms (+9 to +35 ms across runs; with
-    --threads 1, which leaves a core to the proxy and gateway, +9 ms). /healthz alone (proxy -> gateway)
-    takes ~8 ms here, the gateway -> Generators hop ~10 ms more.
-    c=16: batching on 6.4 req/s vs off 5.1 req/s = 1.26x (1.13x to 1.26x across runs), mean batch 2.1.
-Why: on CPU this U-Net's forward pass costs about the same per image at any batch size (220 ms/img at 1
-thread for batch 1 and batch 14); what batching buys here is only better use of the second thread, and
-that core is shared with HTTP and (de)coding. Serve also forms the next batch as soon as its first request
-waits batch_wait_timeout_s, not when the running batch ends, so under load batches stay small (a
-wait sized to the running batch gave batches of 14 and less throughput). On a GPU replica batching is
-where the throughput is; that run is still to be made.
+same 2 cores), defaults: both targets missed, and the batching one cannot be met on this CPU.
+    c=1: direct p50 221 ms, serve 250 ms: +28.6 ms, of which /healthz 7.9 ms and the Gateway -> Generators
+    hop 10.0 ms; the rest is decode/encode and the forward slowed by Ray's own processes on the same
+    cores. Two Ray hops at ~8-10 ms each on this box leave no room for <= 10 ms. With --threads 2 (both cores to torch): +27 to +42 ms across runs, the forward's second
+    thread competing with the proxy and Gateway. Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct ingress,
+    gRPC between deployments, user code on the replica's own loop) measured within the noise (+27 ms).
+    c=16: batching on 4.66 req/s vs off 4.71 (0.99x; 1.03x to 1.30x across runs and thread counts), mean
+    batch 2.2. The forward pass alone costs 169 ms/img one at a time and 155 ms/img 16 per call: on this
+    CPU batching can gain at most 1.09x for this model, so >= 1.5x would need a GPU replica (or a model
+    whose batch-1 forward leaves the CPU idle). Still to do: the same run on a GPU (none lent so far).
 """
 
 from __future__ import annotations
@@ -81,13 +84,32 @@ def measure(call, bodies: list[bytes], concurrency: int) -> dict:
     wall = time.perf_counter() - started
     latencies = [ms for ms, _ in answers]
     out = {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "rps": len(bodies) / wall}
-    served = [h for _, h in answers if h]
+    served = [h for _, h in answers if "x-ganime-batch-size" in h]
     if served:
         batches = [int(h["x-ganime-batch-size"]) for h in served]
-        forward = [float(dict(p.strip().split(";dur=") for p in h["server-timing"].split(","))["forward"]) / b
-                   for h, b in zip(served, batches)]
-        out.update(batch=statistics.mean(batches), forward_per_image=statistics.mean(forward))
+        steps = [{k: float(v) for k, v in (p.strip().split(";dur=") for p in h["server-timing"].split(","))}
+                 for h in served]
+        out.update(batch=statistics.mean(batches),
+                   forward_per_image=statistics.mean(s["forward"] / b for s, b in zip(steps, batches)),
+                   # gateway -> Generators and back, batch wait and queueing included
+                   hop=statistics.median(s["generate"] - s["forward"] for s in steps))
     return out
+
+
+def batching_ceiling(generator, bodies: list[bytes], batch: int, repeats: int = 3) -> tuple[float, float]:
+    """ms per image of the forward pass alone, one image per call vs ``batch`` images per call: what any
+    batching, in any server, can gain on this machine for this model."""
+    frames = [images.decode_rgb(b) for b in bodies[:batch]]
+    generator.translate(frames[:1])  # warm-up
+
+    def per_image(size: int) -> float:
+        started = time.perf_counter()
+        for _ in range(repeats):
+            for i in range(0, batch, size):
+                generator.translate(frames[i:i + size])
+        return (time.perf_counter() - started) * 1e3 / (repeats * batch)
+
+    return per_image(1), per_image(batch)
 
 
 class Client:
@@ -98,11 +120,15 @@ class Client:
 
         self.port, self.local = port, threading.local()
 
-    def __call__(self, body: bytes) -> dict[str, str]:
+    def __call__(self, body: bytes | None) -> dict[str, str]:
+        """POST ``body`` to the model, or GET /healthz when ``body`` is None."""
         if not hasattr(self.local, "connection"):
             self.local.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
         connection = self.local.connection
-        connection.request("POST", f"/v1/models/{NAME}/generate", body, {"Content-Type": "image/png"})
+        if body is None:
+            connection.request("GET", "/healthz")
+        else:
+            connection.request("POST", f"/v1/models/{NAME}/generate", body, {"Content-Type": "image/png"})
         response = connection.getresponse()
         data = response.read()
         if response.status != 200:
@@ -115,13 +141,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--ngf", type=int, default=64)
     parser.add_argument("--requests", type=int, default=24, help="per measurement at concurrency 1 (x2 at 16)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: CPUs)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads on both sides (default 1: what a Generators replica of serve_config.yaml "
+                             "gets, num_cpus 1)")
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
 
-    import os
-
-    threads = args.threads or os.cpu_count()
+    threads = args.threads
     torch.set_num_threads(threads)
     store = tempfile.mkdtemp(prefix="ganime-bench-serve-")
     write_model(store, args.size, args.ngf)
@@ -138,6 +164,7 @@ def main() -> None:
     results = {}
     for concurrency, n in ((1, args.requests), (16, 2 * args.requests)):
         results[("direct", concurrency)] = measure(direct, bodies[:n], concurrency)
+    one, batched = batching_ceiling(generator, bodies, 16)
 
     from ray import serve
 
@@ -152,21 +179,27 @@ def main() -> None:
         serve.run(build_app(tree), name=APP_NAME, route_prefix="/")
         for concurrency, n in ((1, args.requests), (16, 2 * args.requests)):
             results[(label, concurrency)] = measure(client, bodies[:n], concurrency)
+    healthz = measure(client, [None] * args.requests, 1)["p50"]  # client -> proxy -> Gateway and back
     serve.shutdown()
 
     print(f"\nPix2Pix U-Net ngf {args.ngf} at {args.size} px, {threads} torch threads, "
           f"{args.requests} / {2 * args.requests} requests at concurrency 1 / 16")
-    print(f"{'':<22}{'c':>3}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}{'batch':>7}{'fwd ms/img':>12}")
+    print(f"{'':<22}{'c':>3}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}{'batch':>7}{'fwd ms/img':>12}{'hop ms':>8}")
     for (label, concurrency), r in results.items():
-        extra = f"{r['batch']:>7.1f}{r['forward_per_image']:>12.1f}" if "batch" in r else ""
+        extra = f"{r['batch']:>7.1f}{r['forward_per_image']:>12.1f}{r['hop']:>8.1f}" if "batch" in r else ""
         print(f"{label:<22}{concurrency:>3}{r['p50']:>10.1f}{r['p99']:>10.1f}{r['rps']:>9.2f}{extra}")
     overhead = results[("serve, batching off", 1)]["p50"] - results[("direct", 1)]["p50"]
     overhead_on = results[("serve, batching on", 1)]["p50"] - results[("direct", 1)]["p50"]
     speedup = results[("serve, batching on", 16)]["rps"] / results[("serve, batching off", 16)]["rps"]
     print(f"\nServe p50 overhead at c=1: {overhead:+.1f} ms (batching off), {overhead_on:+.1f} ms (batching on,"
           f" includes the batch wait)   target <= 10 ms: {'met' if overhead <= 10 else 'MISSED'}")
+    hop = results[("serve, batching off", 1)]["hop"]
+    print(f"  of which Serve's two hops: GET /healthz p50 {healthz:.1f} ms (HTTP to the proxy and on to the Gateway) "
+          f"+ Gateway -> Generators {hop:.1f} ms")
     print(f"batching throughput at c=16: {speedup:.2f}x of no batching   target >= 1.5x: "
           f"{'met' if speedup >= 1.5 else 'MISSED'}")
+    print(f"forward pass alone, in process: {one:.1f} ms/img one at a time, {batched:.1f} ms/img 16 per call: "
+          f"batching can gain at most {one / batched:.2f}x on this machine for this model")
     print(f"direct c=16 vs serve batching on c=16: {results[('serve, batching on', 16)]['rps'] / results[('direct', 16)]['rps']:.2f}x")
 
 

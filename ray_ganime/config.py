@@ -119,8 +119,8 @@ class TuneConfig(Section):
     # Trials (random, optuna), or repeats of the whole grid; None: 8, or 1 when every dimension is listed.
     num_samples: int | None = Field(None, ge=1)
     scheduler: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(1, ge=1)  # ASHA: epochs every trial runs before it can be stopped
-    reduction_factor: float = Field(3.0, gt=1)  # ASHA: keep the best 1/reduction_factor at each rung
+    grace_period: int = Field(1, ge=1)  # ASHA: the first rung's epoch (every trial runs this many)
+    reduction_factor: float = Field(3.0, gt=1)  # ASHA: rungs at grace·η^k; each promotes its best 1/η
     max_concurrent_trials: int | None = Field(None, ge=1)  # None: as many as the cluster's GPUs/CPUs hold
     driver_cpus: float = Field(0.25, ge=0)  # each trial's Ray Train driver (the workers are sized by `train`)
     max_failures: int = Field(0, ge=0)  # re-launch a trial whose driver died (it resumes its checkpoint)

@@ -158,7 +158,7 @@ class ShardData:
         # sees exactly the batches of an uninterrupted one.
         shuffle = ray.data.FileShuffleConfig(seed=self.cfg.seed, reseed_after_execution=False) if train else None
         ds = ray.data.read_parquet(paths, filesystem=self.location.pa_fs, columns=["id", *self.columns],
-                                   shuffle=shuffle, ray_remote_args={"num_cpus": self.cfg.task_cpus})
+                                   shuffle=shuffle, num_cpus=self.cfg.task_cpus)
         # Small shard sets arrive as one block; smaller blocks let the decode stage use every core.
         ds = ds.repartition(target_num_rows_per_block=self.cfg.map_batch_size * 4)
         stage = DecodeStage(self.columns, self.cfg.load_size if train else self.cfg.crop_size,

@@ -268,6 +268,7 @@ def train_loop(loop_config: dict) -> None:
     log = RunLog(uri, options, start_epoch) if rank == 0 else None
     fixed = _to_device(_fixed_sample_batch(data), device, cfg.train.channels_last) if rank == 0 else None
     validate = Validator(data, cfg, recipe, device) if rank == 0 and cfg.eval.val_images else None
+    extra_checkpoints = set(loop_config.get("checkpoint_epochs", ()))
 
     for epoch in range(start_epoch, cfg.train.epochs):
         started, sums, n_steps, n_images = time.perf_counter(), defaultdict(float), 0, 0
@@ -296,14 +297,15 @@ def train_loop(loop_config: dict) -> None:
             metrics.update(validate())
 
         last = epoch + 1 == cfg.train.epochs or epoch + 1 == cfg.train.stop_after
-        if world > 1 and ((epoch + 1) % cfg.train.checkpoint_every == 0 or last):
+        checkpointed = (epoch + 1) % cfg.train.checkpoint_every == 0 or last or epoch + 1 in extra_checkpoints
+        if world > 1 and checkpointed:
             check_ranks_in_sync(recipe.nets, world)
             metrics["ranks_in_sync"] = True
         if rank == 0:
             log.epoch(metrics)
             if (epoch + 1) % cfg.train.sample_every == 0 or last or epoch == start_epoch:
                 log.samples(epoch + 1, recipe.samples(fixed))
-        if (epoch + 1) % cfg.train.checkpoint_every == 0 or last:
+        if checkpointed:
             with tempfile.TemporaryDirectory() as folder:
                 if rank == 0:
                     save_checkpoint(Path(folder), recipe, cfg, epoch + 1, step, metrics)
@@ -320,11 +322,13 @@ def train_loop(loop_config: dict) -> None:
 # ------------------------------------------------------------------------------------ the driver
 
 
-def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = ()) -> dict:
+def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
+        checkpoint_epochs: tuple[int, ...] = ()) -> dict:
     """Train ``cfg`` on the connected Ray cluster; returns where the run, its checkpoint and metrics are.
 
     The run lives at ``run_uri`` (default ``<store>/runs/<run_name>``); an existing run there resumes.
-    ``callbacks``: Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` when a sweep trial runs this."""
+    ``callbacks``: Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` when a sweep trial runs this.
+    ``checkpoint_epochs``: epochs to checkpoint besides every ``train.checkpoint_every`` (a sweep's rungs)."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -355,7 +359,8 @@ def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = ()) -> dict:
     runs = storage.resolve(uri.rstrip("/").rsplit("/", 1)[0], cfg.store.options())
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": uri, "dataset_uri": data.uri},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": uri, "dataset_uri": data.uri,
+                           "checkpoint_epochs": list(checkpoint_epochs)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

@@ -3,7 +3,8 @@
 A sweep is a training config in which some values are search dimensions (``loss.tv: {loguniform: [1e-5,
 1e-3]}``; see ``config.TuneConfig``). Each trial is a Tune function that builds the trial's config and
 runs ``train.fit`` on it, so a trial is an ordinary Ray Train run (1..N workers, DDP, checkpoints) whose
-per-epoch results reach Tune through ``TuneReportCallback``; ASHA stops the weak ones early.
+per-epoch results reach Tune through ``TuneReportCallback``; ASHA (``asha.PromotingASHA``) pauses every
+trial at each rung and runs on only the best.
 
 Per sweep, under ``<store>/sweeps/<name>/``:
     sweep.yaml            the config as given (search dimensions included): what ``--resume`` re-reads
@@ -127,11 +128,10 @@ def shuffled_grid(domains: dict[str, Any], seed: int) -> dict[str, Any]:
     """The grid dimensions of ``domains`` as one grid over the points of their product, in a seeded
     random order.
 
-    Asynchronous successive halving judges each trial only against the trials that reached a rung before
-    it, so it assumes trials arrive in random order. Tune expands a grid in nested order (last key
-    fastest), and along that order the objective often rises steadily (a learning rate, a weight): then
-    every newcomer beats its predecessors and ASHA stops little (bench/tune_efficiency.py: 41 of 54 epochs on a
-    3x3 grid in nested order, 28 of 54 shuffled)."""
+    ASHA promotes from a rung as soon as it holds enough trials, so the first trials to arrive decide the
+    first promotions. Tune expands a grid in nested order (last key fastest), and along that order the
+    objective often rises or falls steadily (a learning rate, a weight): the first promotions would then
+    go to one end of the grid rather than to the best of a fair sample."""
     from ray import tune
 
     grids = {k: v["grid_search"] for k, v in domains.items() if isinstance(v, dict) and "grid_search" in v}
@@ -154,10 +154,10 @@ def trial_dirname(trial) -> str:
     return trial.trial_id
 
 
-def run_trial(params: dict, base: dict, sweep_uri: str) -> None:
+def run_trial(params: dict, base: dict, sweep_uri: str, rungs: tuple[int, ...] = ()) -> None:
     """One trial (runs in a Tune actor): the trial's config as an ordinary Ray Train run. The run is
-    named by the trial id, so a trial that Tune re-launches (``--resume``, ``tune.max_failures``)
-    continues from its own last checkpoint."""
+    named by the trial id, so a trial that Tune re-launches (ASHA resuming it from a rung, ``--resume``,
+    ``tune.max_failures``) continues from its own last checkpoint; every rung epoch is checkpointed."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -165,7 +165,8 @@ def run_trial(params: dict, base: dict, sweep_uri: str) -> None:
 
     cfg = from_tree(apply_params(base, flat_params(params)))
     trial_id = tune.get_context().get_trial_id()
-    train.fit(cfg, run_uri=storage.join(sweep_uri, "runs", trial_id), callbacks=(TuneReportCallback(),))
+    train.fit(cfg, run_uri=storage.join(sweep_uri, "runs", trial_id), callbacks=(TuneReportCallback(),),
+              checkpoint_epochs=rungs)
 
 
 def default_concurrency(cfg: Config) -> int:
@@ -194,6 +195,7 @@ def run(tree: dict, resume: str | None = None) -> dict:
     unfinished and errored trials; finished ones are kept as they are). Returns where everything is."""
     from ray import tune
 
+    from ray_ganime.asha import rung_epochs
     from ray_ganime.runtime import init_ray
 
     store = from_tree(split_space(tree)[0]).store
@@ -219,7 +221,9 @@ def run(tree: dict, resume: str | None = None) -> dict:
 
     init_ray()
     sweeps = storage.resolve(storage.join(cfg.store.uri, "sweeps"), options)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, sweep_uri=uri),
+    concurrency = t.max_concurrent_trials or default_concurrency(cfg)
+    rungs = tuple(rung_epochs(t.grace_period, t.reduction_factor, cfg.train.epochs)) if t.scheduler == "asha" else ()
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, sweep_uri=uri, rungs=rungs),
                                     {"CPU": t.driver_cpus})
     if resume:
         experiment = storage.resolve(uri, options)
@@ -232,7 +236,6 @@ def run(tree: dict, resume: str | None = None) -> dict:
             raise FileExistsError(f"sweep {name} already exists at {uri}: `ganime tune --resume {name}` finishes it")
         storage.write_bytes(storage.join(uri, SWEEP_FILE), yaml.safe_dump(tree, sort_keys=False).encode(), options)
         listed = all(next(iter(spec)) == "grid" or t.search == "grid" for spec in space.values())
-        concurrency = t.max_concurrent_trials or default_concurrency(cfg)
         domains = tune_domains(space, t.search)
         if t.scheduler == "asha":
             domains = shuffled_grid(domains, t.seed)
@@ -241,9 +244,7 @@ def run(tree: dict, resume: str | None = None) -> dict:
             param_space=domains,
             tune_config=tune.TuneConfig(
                 metric=t.metric, mode=t.resolved_mode(), search_alg=_search_alg(t, concurrency),
-                scheduler=_scheduler(cfg), num_samples=t.num_samples or (1 if listed else 8),
-                # Tune limits a Searcher (Optuna) itself; the basic generator takes the limit directly.
-                max_concurrent_trials=concurrency if t.search == "optuna" else None,
+                scheduler=_scheduler(cfg, concurrency), num_samples=t.num_samples or (1 if listed else 8),
                 trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=name, storage_path=sweeps.path, storage_filesystem=sweeps.pa_fs,
                                       failure_config=tune.FailureConfig(max_failures=t.max_failures), verbose=1),
@@ -263,28 +264,31 @@ def run(tree: dict, resume: str | None = None) -> dict:
 
 
 def _search_alg(t, concurrency: int):
+    """The search algorithm, limiting running trials to ``concurrency`` (paused ones do not count)."""
+    from ray_ganime.asha import PausableLimit, PausableVariants
+
     if t.search == "optuna":
         try:
             import optuna
             from ray.tune.search.optuna import OptunaSearch
         except ImportError:
             raise ConfigError("tune.search=optuna needs Optuna: pip install 'ray-ganime[optuna]'") from None
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=t.seed))
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    return BasicVariantGenerator(max_concurrent=concurrency, random_state=t.seed)
+        return PausableLimit(OptunaSearch(sampler=optuna.samplers.TPESampler(seed=t.seed)), concurrency)
+    return PausableVariants(max_concurrent=concurrency, random_state=t.seed)
 
 
-def _scheduler(cfg: Config):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def _scheduler(cfg: Config, concurrency: int):
+    from ray.tune.schedulers import FIFOScheduler
+
+    from ray_ganime.asha import PromotingASHA
 
     t = cfg.tune
     if t.scheduler == "none":
         return FIFOScheduler()
     # Our own epoch counter as ASHA's clock: a trial re-launched from its checkpoint repeats Tune's
     # iterations but not epochs.
-    return ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs, grace_period=t.grace_period,
-                         reduction_factor=t.reduction_factor)
+    return PromotingASHA(time_attr="epoch", max_t=cfg.train.epochs, grace_period=t.grace_period,
+                         reduction_factor=t.reduction_factor, max_concurrent=concurrency)
 
 
 # ------------------------------------------------------------------------------------ results
@@ -297,7 +301,9 @@ def trial_rows(grid, cfg: Config, uri: str, keys: list[str]) -> list[dict]:
         trial_id = result.metrics.get("trial_id") if result.metrics else None
         trial_id = trial_id or result.path.rstrip("/").rsplit("/", 1)[-1]
         run = storage.join(uri, "runs", trial_id)
-        history = _history(run, cfg.store.options())
+        # Epochs Tune saw: a trial paused at a rung may have run on a little before its actor stopped.
+        reported = (result.metrics or {}).get("epoch", 0)
+        history = [h for h in _history(run, cfg.store.options()) if h["epoch"] <= reported]
         last = history[-1] if history else {}
         epochs = int(last.get("epoch", 0))
         checkpoints = result.metrics_dataframe.get("checkpoint_path") if result.metrics_dataframe is not None else None

@@ -102,15 +102,100 @@ def test_asha_gets_the_grid_in_a_seeded_random_order_and_trials_see_plain_keys()
     assert tune.shuffled_grid({"loss.l1": domains["loss.l1"]}, seed=0) == {"loss.l1": domains["loss.l1"]}
 
 
-def test_optuna_tpe_suggests_configs_from_our_dimensions():
+def test_optuna_tpe_suggests_configs_from_our_dimensions_and_paused_trials_free_their_slot():
     space = {"loss.tv": {"loguniform": [1e-5, 1e-3]}, "loss.l1": {"choice": [50.0, 100.0]},
              "train.seed": {"randint": [0, 4]}}
     searcher = tune._search_alg(from_tree({"tune": {"search": "optuna", "seed": 3}}).tune, concurrency=1)
     assert searcher.set_search_properties("val_ssim", "max", tune.tune_domains(space, "optuna"))
-    suggestions = [searcher.suggest(f"t{i}") for i in range(4)]
+    suggestions = [searcher.suggest("t0")]
+    assert searcher.suggest("t1") is None  # one running already
+    for i in range(1, 4):
+        searcher.on_pause(f"t{i - 1}")  # paused at a rung: no longer counts
+        suggestions.append(searcher.suggest(f"t{i}"))
     for s in suggestions:
         assert 1e-5 <= s["loss.tv"] <= 1e-3 and s["loss.l1"] in (50.0, 100.0) and 0 <= s["train.seed"] < 4
     assert len({s["loss.tv"] for s in suggestions}) == 4
+    searcher.on_unpause("t0")
+    assert searcher.suggest("t4") is None
+
+
+def test_asha_rungs_are_grace_times_powers_of_eta_below_the_last_epoch():
+    from ray_ganime.asha import rung_epochs
+
+    assert rung_epochs(1, 3, 6) == [1, 3]
+    assert rung_epochs(5, 3, 150) == [5, 15, 45, 135]
+    assert rung_epochs(2, 2.5, 20) == [2, 5, 13]  # whole epochs
+    assert rung_epochs(1, 1.1, 4) == [1, 2, 3]  # no rung twice
+    assert rung_epochs(6, 3, 6) == []  # nothing to compare before the end
+
+
+class _Trial:
+    def __init__(self, trial_id: str, score: float):
+        self.trial_id, self.score, self.status, self.epoch = trial_id, score, "PENDING", 0
+
+
+class _Controller:
+    """What PromotingASHA sees of Tune's controller, running trials one epoch per step."""
+
+    def __init__(self, scores: list[float], concurrency: int):
+        from ray_ganime.asha import PausableVariants
+
+        self.todo = [_Trial(f"t{i}", s) for i, s in enumerate(scores)]
+        self.trials: list[_Trial] = []
+        self.search_alg = PausableVariants(max_concurrent=concurrency)
+        self.search_alg.is_finished = lambda: not self.todo
+
+    def get_trials(self):
+        return list(self.trials)
+
+    def stop_trial(self, trial):
+        trial.status = "TERMINATED"
+
+    def run(self, scheduler) -> None:
+        from ray.tune.schedulers import TrialScheduler
+
+        live = self.search_alg._live_trials
+        for _ in range(1000):
+            while self.todo and len(live) < self.search_alg.max_concurrent:  # the searcher's turn
+                self.trials.append(self.todo.pop(0))
+                live.add(self.trials[-1].trial_id)
+            if (chosen := scheduler.choose_trial_to_run(self)) is not None:
+                chosen.status = "PENDING"
+            for trial in self.trials:
+                trial.status = "RUNNING" if trial.status == "PENDING" else trial.status
+            running = [t for t in self.trials if t.status == "RUNNING"]
+            assert len(running) <= self.search_alg.max_concurrent
+            if not running and all(t.status == "TERMINATED" for t in self.trials) and not self.todo:
+                return
+            for trial in running:
+                trial.epoch += 1
+                decision = scheduler.on_trial_result(self, trial, {"epoch": trial.epoch, "val_ssim": trial.score})
+                if trial.epoch == scheduler.max_t:
+                    trial.status = "TERMINATED"
+                    live.discard(trial.trial_id)
+                    scheduler.on_trial_complete(self, trial, {})
+                elif decision == TrialScheduler.PAUSE:
+                    trial.status = "PAUSED"
+        raise AssertionError("the sweep never ended")
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_asha_promotes_the_best_of_each_rung_and_pauses_the_rest(concurrency):
+    """Nine trials, rungs at epochs 1 and 3 of 6 (η = 3): every trial runs 1 epoch, the best 3 run to epoch 3,
+    the best of those to 6: 9·1 + 3·2 + 1·3 = 18 of the grid's 54 epochs, whatever the arrival order."""
+    from ray_ganime.asha import PromotingASHA
+
+    scores = [0.3, 0.9, 0.1, 0.5, 0.7, 0.2, 0.8, 0.4, 0.6]
+    scheduler = PromotingASHA("epoch", max_t=6, grace_period=1, reduction_factor=3, max_concurrent=concurrency)
+    scheduler.set_search_properties("val_ssim", "max")
+    controller = _Controller(scores, concurrency)
+    controller.run(scheduler)
+    epochs = {t.score: t.epoch for t in controller.trials}
+    assert scheduler.rungs == [1, 3]
+    assert epochs[0.9] == 6 and sum(epochs.values()) == 18
+    assert sorted(e for e in epochs.values() if e > 1) == [3, 3, 6]
+    if concurrency == 1:  # one at a time this is synchronous successive halving: the best three go on
+        assert {s for s, e in epochs.items() if e >= 3} == {0.9, 0.8, 0.7}
 
 
 def test_a_sweep_config_is_not_a_training_config(tmp_path, capsys):
