@@ -52,6 +52,7 @@ APP_NAME = "ganime"
 RAW_IMAGE_TYPES = ("application/octet-stream",)
 FORM_FIELDS = ("image", "file")  # multipart field names looked for first (else the first file part)
 IMAGE_MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
+MISS_RELIST_S = 1.0  # an unknown model name re-lists the store at most this often
 
 app = FastAPI(title="ray-ganime", version=__version__,
               description="Anime GAN generators from a ray-ganime model store. See GET /v1/models.")
@@ -212,8 +213,10 @@ class Gateway:
 
     async def _package(self, name: str) -> dict:
         packages = await self._packages()
-        if name not in packages:
-            packages = await self._packages(fresh=True)  # exported since the last listing?
+        # Exported since the last listing? Look again, but at most once per MISS_RELIST_S: a stream of
+        # requests for a name that does not exist must not become a stream of store listings (S3 LISTs).
+        if name not in packages and time.monotonic() - self._listing[0] >= MISS_RELIST_S:
+            packages = await self._packages(fresh=True)
         if name not in packages:
             raise HTTPException(404, f"no model {name!r} in this server's store (GET /v1/models lists them)")
         return packages[name]
@@ -345,8 +348,7 @@ def run_local(tree: dict, blocking: bool = True) -> str:
     from ray_ganime.runtime import init_ray
 
     cfg = from_tree(tree)
-    joined = bool(os.environ.get("RAY_ADDRESS"))  # else init_ray starts a Ray that ends with this process
-    init_ray()
+    own_ray = init_ray()
     url = f"http://{cfg.serve.host}:{cfg.serve.port}/"
     if blocking:  # SIGTERM (service managers, containers, `kill`) stops it the way Ctrl-C does
         signal.signal(signal.SIGTERM, _interrupt)
@@ -358,6 +360,6 @@ def run_local(tree: dict, blocking: bool = True) -> str:
             time.sleep(3600)
     except KeyboardInterrupt:
         # On our own Ray, exiting stops everything at once; Serve's graceful drain can take a minute.
-        if joined:
+        if not own_ray:
             serve.delete(APP_NAME)
     return url

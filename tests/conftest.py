@@ -95,7 +95,8 @@ def ray_session(s3_server, tmp_path_factory) -> Iterator[None]:
     from ray_ganime.runtime import init_ray
 
     os.environ.setdefault("GANIME_STORE", str(tmp_path_factory.mktemp("store")))
-    init_ray(num_cpus=2)
+    assert init_ray(num_cpus=2), "the tests start their own Ray (unset RAY_ADDRESS)"
+    assert not init_ray()  # already up in this process: nothing new started
     yield
     ray.shutdown()
 

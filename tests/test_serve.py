@@ -11,6 +11,7 @@ import http.client
 import io
 import json
 import struct
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,12 +20,13 @@ import zlib
 
 import numpy as np
 import pytest
+from fastapi import HTTPException
 from PIL import Image
 
 from serving import random_image
 
 from ray_ganime import export, images, inference
-from ray_ganime.serve import model_summary, preferred_media
+from ray_ganime.serve import MISS_RELIST_S, Gateway, model_summary, preferred_media
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -247,7 +249,10 @@ def extra_package(served):
 
 def test_a_package_exported_while_serving_is_found_without_a_restart(served, extra_package):
     name = extra_package("late", 9)
-    status, _, body = generate(served, name, random_image(16, 16))
+    deadline = time.monotonic() + 3 * MISS_RELIST_S  # the listing may have been refreshed just now
+    while (answer := generate(served, name, random_image(16, 16)))[0] == 404 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status, _, body = answer
     assert status == 200 and images.decode_rgb(body).shape == (16, 16, 3)
 
 
@@ -262,6 +267,35 @@ def test_preferred_media_follows_accept_q_values():
     assert preferred_media("image/*, image/png;q=0") == "image/jpeg"
     with pytest.raises(Exception, match="406|image/png"):
         preferred_media("text/html")
+
+
+def test_unknown_model_names_relist_the_store_at_most_once_a_second(tmp_path, monkeypatch):
+    import asyncio
+
+    from serving import make_packages
+
+    names = make_packages(str(tmp_path))
+    listings = []
+    real_list = export.list_packages
+    monkeypatch.setattr(export, "list_packages", lambda *a: listings.append(1) or real_list(*a))
+    gateway_class = Gateway.func_or_class.__mro__[1]  # the class under Serve's ingress wrapper
+    gateway = gateway_class.__new__(gateway_class)
+    gateway_class.__init__(gateway, None, {"store": {"uri": str(tmp_path)}})
+
+    async def ask(name: str) -> int:
+        try:
+            await gateway._package(name)
+            return 200
+        except HTTPException as e:
+            return e.status_code
+
+    async def burst() -> list[int]:
+        return [await ask(names["image_a"])] + [await ask(f"missing-{i}") for i in range(50)]
+
+    statuses = asyncio.run(burst())
+    assert statuses == [200] + [404] * 50 and len(listings) == 1  # 50 misses within a second: no new listing
+    time.sleep(MISS_RELIST_S)
+    assert asyncio.run(ask("missing")) == 404 and len(listings) == 2
 
 
 def test_model_summary_leaves_the_training_config_out(tmp_path):
