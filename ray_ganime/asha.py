@@ -47,6 +47,7 @@ class PromotingASHA(TrialScheduler):
         self.scores: list[dict[str, float]] = [{} for _ in self.rungs]  # trial id -> score (higher is better)
         self.promoted: list[set[str]] = [set() for _ in self.rungs]
         self.resuming: set[str] = set()  # paused trials promoted into a slot they already hold
+        self.unfinished: list[str] = []  # restored trials that were between rungs: resumed when there is room
         self._metric, self._mode = metric, mode
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
@@ -72,11 +73,14 @@ class PromotingASHA(TrialScheduler):
                     return paused[trial_id]
         return None
 
+    def _score(self, value: float) -> float:
+        return value if self._mode == "max" else -value
+
     def on_trial_result(self, controller, trial: Trial, result: dict) -> str:
         epoch, value = result.get(self.time_attr), result.get(self._metric)
         if epoch is None or value is None or epoch >= self.max_t:
             return TrialScheduler.CONTINUE
-        score = value if self._mode == "max" else -value
+        score = self._score(value)
         # Every rung this report passes (a trial resumed by `ganime tune --resume` may skip one).
         reached = [k for k, r in enumerate(self.rungs) if epoch >= r and trial.trial_id not in self.scores[k]]
         if not reached:
@@ -104,9 +108,13 @@ class PromotingASHA(TrialScheduler):
             if trial.status == Trial.PENDING:
                 return trial
         active = sum(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials) + len(self.resuming)
-        if active < self.max_concurrent and (promotion := self._paused_promotion(controller)) is not None:
-            _slots(controller).on_unpause(promotion.trial_id)
-            return promotion
+        if active < self.max_concurrent:
+            paused = {t.trial_id: t for t in trials if t.status == Trial.PAUSED}
+            self.unfinished = [t for t in self.unfinished if t in paused]
+            chosen = self._paused_promotion(controller) or (paused[self.unfinished.pop(0)] if self.unfinished else None)
+            if chosen is not None:
+                _slots(controller).on_unpause(chosen.trial_id)
+                return chosen
         if active == 0 and controller.search_alg.is_finished():
             # Nothing runs, nothing is left to start and no rung can promote: the paused trials end here.
             for trial in trials:
@@ -115,7 +123,25 @@ class PromotingASHA(TrialScheduler):
         return None
 
     def on_trial_add(self, controller, trial: Trial) -> None:
-        pass
+        """Trials restored by ``ganime tune --resume`` bring back their place on the rungs: Tune keeps only a
+        trial's last result, which stands for every rung it reached, and it counts as promoted past the rungs
+        below its epoch. An unfinished one that had reported waits PAUSED for its turn (Tune would start every
+        restored trial at once): from its rung, to be promoted, or, if it was between rungs, for room."""
+        last = trial.run_metadata.last_result or {}
+        epoch, value = last.get(self.time_attr), last.get(self._metric)
+        if epoch is None or value is None:
+            return  # a new trial
+        reached = [k for k, r in enumerate(self.rungs) if epoch >= r]
+        for k in reached:
+            self.scores[k][trial.trial_id] = self._score(value)
+            if epoch > self.rungs[k]:
+                self.promoted[k].add(trial.trial_id)
+        if trial.status != Trial.PENDING or epoch >= self.max_t:
+            return
+        if not reached or epoch > self.rungs[reached[-1]]:
+            self.unfinished.append(trial.trial_id)
+        trial.set_status(Trial.PAUSED)  # before Tune files it by status
+        _slots(controller).on_pause(trial.trial_id)
 
     def on_trial_error(self, controller, trial: Trial) -> None:
         self.resuming.discard(trial.trial_id)

@@ -131,7 +131,13 @@ def test_asha_rungs_are_grace_times_powers_of_eta_below_the_last_epoch():
 
 class _Trial:
     def __init__(self, trial_id: str, score: float):
+        from types import SimpleNamespace
+
         self.trial_id, self.score, self.status, self.epoch = trial_id, score, "PENDING", 0
+        self.run_metadata = SimpleNamespace(last_result={})
+
+    def set_status(self, status: str) -> None:
+        self.status = status
 
 
 class _Controller:
@@ -151,11 +157,22 @@ class _Controller:
     def stop_trial(self, trial):
         trial.status = "TERMINATED"
 
-    def run(self, scheduler) -> None:
+    def restored(self, scheduler, concurrency: int) -> "_Controller":
+        """What `ganime tune --resume` starts from after the driver died here: the same trials (unfinished
+        ones PENDING again, as Tune restores them), the searcher's state, a fresh scheduler."""
+        restored = _Controller([], concurrency)
+        restored.todo, restored.search_alg._live_trials = self.todo, set(self.search_alg._live_trials)
+        for trial in self.trials:
+            trial.status = "TERMINATED" if trial.status == "TERMINATED" else "PENDING"
+            scheduler.on_trial_add(restored, trial)
+            restored.trials.append(trial)
+        return restored
+
+    def run(self, scheduler, steps: int = 1000) -> None:
         from ray.tune.schedulers import TrialScheduler
 
         live = self.search_alg._live_trials
-        for _ in range(1000):
+        for _ in range(steps):
             while self.todo and len(live) < self.search_alg.max_concurrent:  # the searcher's turn
                 self.trials.append(self.todo.pop(0))
                 live.add(self.trials[-1].trial_id)
@@ -169,14 +186,16 @@ class _Controller:
                 return
             for trial in running:
                 trial.epoch += 1
-                decision = scheduler.on_trial_result(self, trial, {"epoch": trial.epoch, "val_ssim": trial.score})
+                trial.run_metadata.last_result = {"epoch": trial.epoch, "val_ssim": trial.score}
+                decision = scheduler.on_trial_result(self, trial, trial.run_metadata.last_result)
                 if trial.epoch == scheduler.max_t:
                     trial.status = "TERMINATED"
                     live.discard(trial.trial_id)
                     scheduler.on_trial_complete(self, trial, {})
                 elif decision == TrialScheduler.PAUSE:
                     trial.status = "PAUSED"
-        raise AssertionError("the sweep never ended")
+        if steps == 1000:
+            raise AssertionError("the sweep never ended")
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
@@ -196,6 +215,29 @@ def test_asha_promotes_the_best_of_each_rung_and_pauses_the_rest(concurrency):
     assert sorted(e for e in epochs.values() if e > 1) == [3, 3, 6]
     if concurrency == 1:  # one at a time this is synchronous successive halving: the best three go on
         assert {s for s, e in epochs.items() if e >= 3} == {0.9, 0.8, 0.7}
+
+
+@pytest.mark.parametrize("killed_after", [4, 9, 13])
+def test_asha_resumed_after_the_driver_died_continues_where_it_was(killed_after):
+    """Killed after some steps (trials paused at rungs, one running between rungs), then restored with a
+    fresh scheduler: restored trials wait their turn (never more than the concurrency limit at once), go on
+    from their epoch, and the sweep spends what an uninterrupted one does."""
+    from ray_ganime.asha import PromotingASHA
+
+    def scheduler():
+        s = PromotingASHA("epoch", max_t=6, grace_period=1, reduction_factor=3, max_concurrent=1)
+        s.set_search_properties("val_ssim", "max")
+        return s
+
+    controller = _Controller([0.3, 0.9, 0.1, 0.5, 0.7, 0.2, 0.8, 0.4, 0.6], concurrency=1)
+    controller.run(scheduler(), steps=killed_after)
+    before = {t.trial_id: t.epoch for t in controller.trials}
+    restored = controller.restored(resumed := scheduler(), concurrency=1)
+    assert not any(t.status == "PENDING" for t in restored.trials if before[t.trial_id] > 0)
+    restored.run(resumed)
+    epochs = {t.score: t.epoch for t in restored.trials}
+    assert all(t.epoch >= before.get(t.trial_id, 0) for t in restored.trials)
+    assert epochs[0.9] == 6 and sum(epochs.values()) == 18 and len(epochs) == 9
 
 
 def test_a_sweep_config_is_not_a_training_config(tmp_path, capsys):
@@ -297,15 +339,14 @@ def _trial_statuses(sweep: Path) -> dict[str, str]:
     return {t["trial_id"]: t["status"] for t in trials}
 
 
-def test_a_killed_sweep_resumes_and_reports_every_trial_once(store, tmp_path):
+def _run_until_killed(tree: dict, name: str, tmp_path: Path, until) -> dict[str, str]:
+    """Starts `ganime tune` on ``tree`` as a separate driver, SIGKILLs it once Tune's saved trial statuses
+    satisfy ``until``, and returns those statuses (what a resume starts from)."""
     import ray
 
-    name = f"resume-{uuid.uuid4().hex[:6]}"
-    tree = sweep_tree(store, loss={"tv": {"grid": [0.0, 1e-3, 1e-1]}},
-                      train={"epochs": 2}, tune={"scheduler": "none", "max_concurrent_trials": 1, "export": False})
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(tree))
-    sweep = Path(store) / "sweeps" / name
+    sweep = Path(tree["store"]["uri"]) / "sweeps" / name
     # The driver joins the session's Ray (as `ray job submit` would), so killing it ends its trials but
     # leaves the cluster.
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
@@ -315,14 +356,22 @@ def test_a_killed_sweep_resumes_and_reports_every_trial_once(store, tmp_path):
                                   stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 600
-        while "TERMINATED" not in _trial_statuses(sweep).values():
+        while not until(_trial_statuses(sweep)):
             assert driver.poll() is None, f"driver exited early:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no trial finished in time:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"the sweep never got there:\n{log.read_text()[-3000:]}"
             time.sleep(1)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    before = _trial_statuses(sweep)
+    return _trial_statuses(sweep)
+
+
+def test_a_killed_sweep_resumes_and_reports_every_trial_once(store, tmp_path):
+    name = f"resume-{uuid.uuid4().hex[:6]}"
+    tree = sweep_tree(store, loss={"tv": {"grid": [0.0, 1e-3, 1e-1]}},
+                      train={"epochs": 2}, tune={"scheduler": "none", "max_concurrent_trials": 1, "export": False})
+    sweep = Path(store) / "sweeps" / name
+    before = _run_until_killed(tree, name, tmp_path, lambda statuses: "TERMINATED" in statuses.values())
     finished = [t for t, s in before.items() if s == "TERMINATED"]
     assert len(finished) < 3, "the driver was killed too late to leave anything to resume"
     finished_logs = {t: (sweep / "runs" / t / "metrics.jsonl").stat().st_mtime_ns for t in finished}
@@ -338,3 +387,23 @@ def test_a_killed_sweep_resumes_and_reports_every_trial_once(store, tmp_path):
         assert (sweep / "runs" / trial / "metrics.jsonl").stat().st_mtime_ns == mtime
     table = storage.read_bytes(out["csv"]).decode().splitlines()
     assert len(table) == 1 + 3
+
+
+def test_a_killed_asha_sweep_resumes_its_paused_trials_from_their_rung(store, tmp_path):
+    name = f"resume-asha-{uuid.uuid4().hex[:6]}"
+    tree = sweep_tree(store, loss={"tv": {"grid": [0.0, 1e-3, 1e-1]}}, train={"epochs": 3},
+                      tune={"scheduler": "asha", "grace_period": 1, "reduction_factor": 3,
+                            "max_concurrent_trials": 1, "export": False})
+    before = _run_until_killed(tree, name, tmp_path, lambda statuses: "PAUSED" in statuses.values())
+
+    out = tune.run({"store": {"uri": store}}, resume=name)
+
+    rows = out["trials"]
+    assert sorted(r["loss.tv"] for r in rows) == [0.0, 1e-3, 1e-1] and set(before) <= {r["trial"] for r in rows}
+    # Rung at epoch 1 of 3: all three get there, the best of them alone runs on; every epoch once.
+    assert sorted(r["epochs"] for r in rows) == [1, 1, 3]
+    for r in rows:
+        assert [e for e, _ in r["history"]] == list(range(1, r["epochs"] + 1))
+    first_epoch = {r["trial"]: r["history"][0][1] for r in rows}
+    completed = next(r for r in rows if r["status"] == "completed")
+    assert first_epoch[completed["trial"]] == max(first_epoch.values())
