@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -45,13 +46,26 @@ RAY = Path(sys.executable).parent / "ray"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the CLI colours its output even into a pipe
 
 
+# Below the kernel's ephemeral range (32768+), where every Ray process binds its gRPC ports at random, and
+# above Ray's worker ports (10002-19999): a port picked here is still free when the server binds it later
+# (one picked by bind(0) was once taken by a starting Ray in between: "Failed to bind to address").
+PORT_RANGE = (20000, 32767)
+
+
 def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (all held open together, so they differ)."""
+    """n distinct free loopback ports from PORT_RANGE (all held open together, so they differ)."""
     with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
+        ports: list[int] = []
+        for port in random.sample(range(*PORT_RANGE), 200):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            ports.append(port)
+            if len(ports) == n:
+                return ports
+    raise RuntimeError(f"no {n} free ports in {PORT_RANGE}")
 
 
 def tail(path: Path, n: int = 3000) -> str:
