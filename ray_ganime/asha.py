@@ -63,9 +63,9 @@ class PromotingASHA(TrialScheduler):
         ranked = sorted(self.scores[rung], key=self.scores[rung].get, reverse=True)
         return [t for t in ranked[: int(len(ranked) / self.reduction_factor)] if t not in self.promoted[rung]]
 
-    def _paused_promotion(self, controller) -> Trial | None:
+    def _paused_promotion(self, trials: list[Trial]) -> Trial | None:
         """The paused trial to resume next (highest rung first), marked as promoted."""
-        paused = {t.trial_id: t for t in controller.get_trials() if t.status == Trial.PAUSED}
+        paused = {t.trial_id: t for t in trials if t.status == Trial.PAUSED}
         for rung in reversed(range(len(self.rungs))):
             for trial_id in self._promotable(rung):
                 if trial_id in paused and trial_id not in self.resuming:
@@ -92,7 +92,7 @@ class PromotingASHA(TrialScheduler):
             self.promoted[rung].add(trial.trial_id)
             return TrialScheduler.CONTINUE
         _slots(controller).on_pause(trial.trial_id)
-        promotion = self._paused_promotion(controller)
+        promotion = self._paused_promotion(controller.get_trials())
         if promotion is not None:  # it takes this trial's slot before the searcher can fill it
             _slots(controller).on_unpause(promotion.trial_id)
             self.resuming.add(promotion.trial_id)
@@ -111,7 +111,7 @@ class PromotingASHA(TrialScheduler):
         if active < self.max_concurrent:
             paused = {t.trial_id: t for t in trials if t.status == Trial.PAUSED}
             self.unfinished = [t for t in self.unfinished if t in paused]
-            chosen = self._paused_promotion(controller) or (paused[self.unfinished.pop(0)] if self.unfinished else None)
+            chosen = self._paused_promotion(trials) or (paused[self.unfinished.pop(0)] if self.unfinished else None)
             if chosen is not None:
                 _slots(controller).on_unpause(chosen.trial_id)
                 return chosen

@@ -112,8 +112,7 @@ def fit_max_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
     if not max_side or max(height, width) <= max_side:
         return image
     scale = max_side / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return resize(image, (max(1, round(height * scale)), max(1, round(width * scale))), "area")
 
 
 def crop_flip_params(

@@ -195,7 +195,6 @@ def run(tree: dict, resume: str | None = None) -> dict:
     unfinished and errored trials; finished ones are kept as they are). Returns where everything is."""
     from ray import tune
 
-    from ray_ganime.asha import rung_epochs
     from ray_ganime.runtime import init_ray
 
     store = from_tree(split_space(tree)[0]).store
@@ -222,7 +221,8 @@ def run(tree: dict, resume: str | None = None) -> dict:
     init_ray()
     sweeps = storage.resolve(storage.join(cfg.store.uri, "sweeps"), options)
     concurrency = t.max_concurrent_trials or default_concurrency(cfg)
-    rungs = tuple(rung_epochs(t.grace_period, t.reduction_factor, cfg.train.epochs)) if t.scheduler == "asha" else ()
+    scheduler = _scheduler(cfg, concurrency)
+    rungs = tuple(getattr(scheduler, "rungs", ()))  # ASHA's: every trial checkpoints there
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, sweep_uri=uri, rungs=rungs),
                                     {"CPU": t.driver_cpus})
     if resume:
@@ -244,7 +244,7 @@ def run(tree: dict, resume: str | None = None) -> dict:
             param_space=domains,
             tune_config=tune.TuneConfig(
                 metric=t.metric, mode=t.resolved_mode(), search_alg=_search_alg(t, concurrency),
-                scheduler=_scheduler(cfg, concurrency), num_samples=t.num_samples or (1 if listed else 8),
+                scheduler=scheduler, num_samples=t.num_samples or (1 if listed else 8),
                 trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=name, storage_path=sweeps.path, storage_filesystem=sweeps.pa_fs,
                                       failure_config=tune.FailureConfig(max_failures=t.max_failures), verbose=1),

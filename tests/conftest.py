@@ -103,8 +103,9 @@ def ray_session(s3_server, tmp_path_factory) -> Iterator[None]:
 
 # ===================================================================================================
 # Serve: serve_config.yaml deployed with `serve deploy` to a real `ray start --head` cluster
-#   served          module (so no cluster lingers through later test files): the app up, over a store holding tests/serving.py's packages, with a bearer
-#                   token; .url, .token, .names (image_a, image_b, noise), .store, .cluster, .config
+#   served          module (so no cluster lingers through later test files): the app up, over a store
+#                   holding tests/serving.py's packages, with a bearer token; .url, .token, .names
+#                   (image_a, image_b, noise), .store, .cluster, .config
 # ===================================================================================================
 
 
