@@ -172,6 +172,12 @@ def _fmt_optional(value) -> str:
 
 
 def cmd_serve(args) -> None:
+    import os
+
+    from ray_ganime import runtime
+
+    if not os.environ.get("RAY_ADDRESS"):  # on a Ray of our own; a cluster's Serve runs as the cluster says
+        runtime.use_serve_high_throughput()
     from ray_ganime import serve
 
     options = {"serve.host": args.host, "serve.port": args.port}

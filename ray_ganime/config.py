@@ -144,12 +144,16 @@ class ServeConfig(Section):
     token_env: str = "GANIME_SERVE_TOKEN"
     models_per_replica: int = Field(4, ge=1)  # generators each replica keeps loaded (least recently used go)
     max_batch_size: int = Field(8, ge=1)  # same-model, same-size requests run as one forward; 1 = no batching
-    batch_wait_timeout_s: float = Field(0.005, ge=0)  # how long a batch waits to fill
+    # How long a request that finds its replica idle waits for others to join its batch (requests that queue
+    # while a batch runs go in the next one without waiting; ray_ganime/batching.py)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
     max_request_bytes: int = Field(16 * 2**20, ge=1024)  # 413 above this
     max_pixels: int = Field(2048 * 2048, ge=64)  # 413 above this (after any max_side resize: compute bound)
     max_images: int = Field(64, ge=1)  # noise models: the most images (n) one request may ask for
     models_cache_s: float = Field(5.0, ge=0)  # how long the gateway trusts its listing of the store
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when the replica has a GPU
+    # auto: bfloat16 on CUDA and on CPUs with AMX (2-5x faster there, a pixel moves by <= 2 levels), else float32
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
     torch_threads: int | None = Field(None, ge=1)  # intra-op threads per replica; None: Ray's (= its CPUs)
 
 

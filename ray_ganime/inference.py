@@ -19,7 +19,7 @@ import torch
 
 from ray_ganime import export, preview, storage, transforms
 
-__all__ = ["Generator", "pick_device"]
+__all__ = ["Generator", "pick_device", "pick_precision"]
 
 GRID_PAD = 2  # px of white between the images of a noise grid
 
@@ -32,10 +32,30 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-class Generator:
-    """A loaded model package. ``meta`` is its model.json (plus ``uri``)."""
+def _cpu_has_amx() -> bool:
+    # torch has no public probe for AMX; its private one may move, and then we fall back to float32.
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe and probe() and torch.backends.mkldnn.is_available())
+    except Exception:  # pragma: no cover - a torch without the probe's kernels
+        return False
 
-    def __init__(self, model: torch.nn.Module, meta: dict, device: torch.device) -> None:
+
+def pick_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``float32``, ``bfloat16``, or ``auto``: bfloat16 where bf16 matrix units make it fast (CUDA with bf16,
+    CPUs with AMX), else float32 (bf16 without such units is slower than float32)."""
+    if precision == "auto":
+        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_amx()
+        return torch.bfloat16 if fast else torch.float32
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"precision is auto, float32 or bfloat16, not {precision!r}")
+    return getattr(torch, precision)
+
+
+class Generator:
+    """A loaded model package. ``meta`` is its model.json (plus ``uri``). ``precision``: see the module's doc."""
+
+    def __init__(self, model: torch.nn.Module, meta: dict, device: torch.device, precision: str = "auto") -> None:
         for side in ("input", "output"):
             spec = meta[side]
             if side == "output" or meta["kind"] == export.IMAGE_TO_IMAGE:
@@ -43,15 +63,15 @@ class Generator:
                     raise export.PackageError(f"{meta['name']}: serving needs RGB in [-1, 1]; the {side} is "
                                               f"{spec.get('channels')} channels in {spec.get('value_range')}")
         self.model, self.meta, self.device = model, meta, device
-        self.channels_last = device.type == "cuda"  # faster convolutions on tensor cores; no gain on CPU
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.dtype = pick_precision(precision, device)
+        self.model.to(memory_format=torch.channels_last)  # changes only 4-D (convolution) weights
 
     @classmethod
-    def load(cls, uri: str, device: str = "auto", options: storage.StoreOptions | None = None) -> "Generator":
+    def load(cls, uri: str, device: str = "auto", options: storage.StoreOptions | None = None,
+             precision: str = "auto") -> "Generator":
         device = pick_device(device)
         model, meta = export.load_package(uri, device, options)
-        return cls(model, meta, device)
+        return cls(model, meta, device, precision)
 
     @property
     def name(self) -> str:
@@ -61,9 +81,14 @@ class Generator:
     def kind(self) -> str:
         return self.meta["kind"]
 
+    @property
+    def precision(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
     def _run(self, x: torch.Tensor) -> np.ndarray:
-        """Forward in float32 (bitwise what the package was verified to compute on CPU), uint8 NHWC out."""
-        with torch.inference_mode():
+        """Forward (autocast to bfloat16 when that is the precision), uint8 NHWC out."""
+        with torch.inference_mode(), torch.autocast(self.device.type, self.dtype,
+                                                    enabled=self.dtype != torch.float32):
             return transforms.to_uint8(self.model(x.to(self.device)))
 
     def translate(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -75,7 +100,7 @@ class Generator:
         for i, image in enumerate(images):
             by_shape.setdefault(image.shape, []).append(i)
         for indices in by_shape.values():
-            batch = transforms.to_tensor(np.stack([images[i] for i in indices]), self.channels_last)
+            batch = transforms.to_tensor(np.stack([images[i] for i in indices]), channels_last_memory=True)
             for i, out in zip(indices, self._run(batch)):
                 outputs[i] = out
         return outputs

@@ -12,7 +12,8 @@ Two deployments, so that each scales on what it needs:
 * ``Gateway``: the FastAPI ingress. Auth, limits, decoding and encoding; CPU only and stateless.
 * ``Generators``: loads packages by name (``@serve.multiplexed``: an LRU of ``serve.models_per_replica`` per
   replica, and Serve routes a model's requests to replicas that hold it) and runs the requests for one model
-  that arrive together as one forward pass (``@serve.batch``). One replica per GPU where there are GPUs.
+  that queue together as one forward pass (``batching.Batcher``), in ``serve.precision`` (``inference``). One
+  replica per GPU where there are GPUs.
 
 Bad input is never a 500: 400 (empty or undecodable body), 401 (bearer token, when $GANIME_SERVE_TOKEN or
 ``serve.token_env`` is set on the replicas), 404 (unknown model), 406 (Accept names neither PNG nor JPEG),
@@ -31,7 +32,7 @@ import secrets
 import signal
 import time
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -43,6 +44,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 
 from ray_ganime import __version__, export, images, inference, transforms
+from ray_ganime.batching import Batcher
 from ray_ganime.config import Config, from_tree
 
 __all__ = ["APP_NAME", "Gateway", "Generators", "build_app", "run_local"]
@@ -137,6 +139,15 @@ class Timing(dict):
         return ", ".join(f"{step};dur={ms:.1f}" for step, ms in self.items())
 
 
+class Run(NamedTuple):
+    """How a Generators replica ran a request: requests in its batch, the batch's forward pass in ms, and the
+    precision (X-Ganime-Batch-Size, Server-Timing forward and X-Ganime-Precision on the response)."""
+
+    batch: int
+    forward_ms: float
+    precision: str
+
+
 @serve.deployment(max_ongoing_requests=32, ray_actor_options={"num_cpus": 1})
 class Generators:
     """Model packages by name, batched. Called through a handle with ``multiplexed_model_id=<package name>``."""
@@ -148,36 +159,33 @@ class Generators:
             import torch
 
             torch.set_num_threads(limits.torch_threads)
-        self.device = limits.device
+        self.device, self.precision = limits.device, limits.precision
 
         async def load_generator(name: str) -> "inference.Generator":
             uri = export.package_uri(self.store.uri, name)
-            return await asyncio.to_thread(inference.Generator.load, uri, self.device, self.store.options())
+            return await asyncio.to_thread(inference.Generator.load, uri, self.device, self.store.options(),
+                                           self.precision)
 
         # Decorated here rather than on the class: the LRU size comes from the config.
         self.get_generator = serve.multiplexed(max_num_models_per_replica=limits.models_per_replica)(load_generator)
-        self._translate_batch.set_max_batch_size(limits.max_batch_size)
-        self._translate_batch.set_batch_wait_timeout_s(limits.batch_wait_timeout_s)
+        self.batcher = Batcher(self._translate_batch, limits.max_batch_size, limits.batch_wait_timeout_s)
 
-    async def translate(self, image: np.ndarray) -> tuple[np.ndarray, int, float]:
-        """(output image, how many requests shared its batch, ms the batch's forward pass took)."""
-        return await self._translate_batch(image)
+    async def translate(self, image: np.ndarray) -> tuple[np.ndarray, Run]:
+        return await self.batcher(serve.get_multiplexed_model_id(), image)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)  # reset from the config in __init__
-    async def _translate_batch(self, batch: list[np.ndarray]) -> list[tuple[np.ndarray, int, float]]:
-        # Serve splits batches by model id, so one batch is one model.
-        generator = await self.get_generator(serve.get_multiplexed_model_id())
+    async def _translate_batch(self, name: str, batch: list[np.ndarray]) -> list[tuple[np.ndarray, Run]]:
+        generator = await self.get_generator(name)
         started = time.perf_counter()
         # Off the event loop: requests keep queueing (into the next batch) while this one runs.
         outputs = await asyncio.to_thread(generator.translate, batch)
-        forward_ms = (time.perf_counter() - started) * 1e3
-        return [(out, len(batch), forward_ms) for out in outputs]
+        run = Run(len(batch), (time.perf_counter() - started) * 1e3, generator.precision)
+        return [(out, run) for out in outputs]
 
-    async def sample(self, seed: int, n: int, truncation: float | None) -> tuple[np.ndarray, float]:
+    async def sample(self, seed: int, n: int, truncation: float | None) -> tuple[np.ndarray, Run]:
         generator = await self.get_generator(serve.get_multiplexed_model_id())
         started = time.perf_counter()
         grid = await asyncio.to_thread(generator.sample, seed, n, truncation)
-        return grid, (time.perf_counter() - started) * 1e3
+        return grid, Run(1, (time.perf_counter() - started) * 1e3, generator.precision)
 
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
@@ -313,19 +321,21 @@ class Gateway:
                 if n > self.limits.max_images:
                     raise HTTPException(422, f"n: at most {self.limits.max_images} images per request, got {n}")
                 with timing("generate"):
-                    output, timing["forward"] = await handle.sample.remote(seed, n, truncation)
+                    output, run = await handle.sample.remote(seed, n, truncation)
             elif meta["kind"] == export.IMAGE_TO_IMAGE:
                 data = await self._image_bytes(request)
                 with timing("decode"):
                     image = await asyncio.to_thread(self._decode, data, max_side)
                 with timing("generate"):
-                    output, batch, timing["forward"] = await handle.translate.remote(image)
-                headers["X-Ganime-Batch-Size"] = str(batch)
+                    output, run = await handle.translate.remote(image)
+                headers["X-Ganime-Batch-Size"] = str(run.batch)
             else:
                 raise HTTPException(501, f"{name} is a {meta['kind']!r} model, which this server cannot run")
         except FileNotFoundError:  # removed from the store since it was listed (Ray re-raises it as such)
             self._listing = (-float("inf"), {})
             raise HTTPException(404, f"model {name!r} is no longer in this server's store") from None
+        timing["forward"] = run.forward_ms
+        headers["X-Ganime-Precision"] = run.precision
         with timing("encode"):
             data = await asyncio.to_thread(self._encode, output, media)
         return Response(data, media_type=media, headers={**headers, "Server-Timing": timing.header()})

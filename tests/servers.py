@@ -48,8 +48,9 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the CLI colours its output even into a p
 
 # Below the kernel's ephemeral range (32768+), where every Ray process binds its gRPC ports at random, and
 # above Ray's worker ports (10002-19999): a port picked here is still free when the server binds it later
-# (one picked by bind(0) was once taken by a starting Ray in between: "Failed to bind to address").
-PORT_RANGE = (20000, 32767)
+# (one picked by bind(0) was once taken by a starting Ray in between: "Failed to bind to address"), and below
+# the ports that Serve's ingress replicas take in its high-throughput mode (30000-31000, `ganime serve`).
+PORT_RANGE = (20000, 29999)
 
 
 def free_ports(n: int) -> list[int]:

@@ -36,8 +36,9 @@ def seeded_net(spec: dict, seed: int) -> torch.nn.Module:
     from ray_ganime.nets import build_generator, init_weights
 
     torch.manual_seed(seed)
-    # A wider init than training's N(0, 0.02): outputs that vary with the input and between seeds.
-    net = init_weights(build_generator(spec["class"], spec["args"]), gain=0.3).eval()
+    # A wider init than training's N(0, 0.02): outputs that vary with the input and between seeds; any wider
+    # and tanh saturates, so the outputs become near-binary and a rounding anywhere flips a pixel 0 <-> 255.
+    net = init_weights(build_generator(spec["class"], spec["args"]), gain=0.1).eval()
     with torch.no_grad():  # non-trivial batch-norm statistics, so eval mode differs from train mode
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

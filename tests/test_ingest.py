@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +127,7 @@ def test_folder_labels_and_exact_seeded_split(tmp_path):
     m1 = ingest("folder", src, str(tmp_path / "ds1"), IngestOptions(seed=1), progress=False)
     m2 = ingest("folder", src, str(tmp_path / "ds2"), IngestOptions(seed=1), progress=False)
     m3 = ingest("folder", src, str(tmp_path / "ds3"), IngestOptions(seed=2), progress=False)
-    assert m1["counts"] == {"test": 4, "train": 16}
+    assert m1["counts"] == m2["counts"] == {"test": 4, "train": 16} and sum(m3["counts"].values()) == 20
     split_of = lambda uri: {r["id"]: r["split"] for r in shards.read_rows(uri)}
     assert split_of(str(tmp_path / "ds1")) == split_of(str(tmp_path / "ds2"))
     assert split_of(str(tmp_path / "ds1")) != split_of(str(tmp_path / "ds3"))

@@ -1,7 +1,8 @@
 """The HTTP API, as deployed by `serve deploy serve_config.yaml` on a real cluster (conftest's ``served``).
 
 Outputs are checked against the same package run in this process (``inference.Generator``): the replica
-runs with other thread counts, so a pixel may round the other way (|diff| <= 1), never more.
+runs with other thread counts, so a pixel may round the other way (|diff| <= 1), never more. Both pick the same
+precision (serve.precision auto: bfloat16 on a CPU with AMX, else float32).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def test_output_has_the_input_size_for_any_aspect_ratio(served, local, size):
     assert headers["content-type"] == "image/png" and headers["x-ganime-model"] == served.names["image_a"]
     steps = dict(step.strip().split(";dur=") for step in headers["server-timing"].split(","))
     assert set(steps) == {"decode", "generate", "forward", "encode"} and float(steps["generate"]) >= float(steps["forward"])
+    assert headers["x-ganime-precision"] == local["image_a"].precision  # serve.precision auto, as here
     assert_close(images.decode_rgb(body), local["image_a"].translate([image])[0])
 
 
@@ -310,9 +312,22 @@ def test_model_summary_leaves_the_training_config_out(tmp_path):
 # ------------------------------------------------------------------------------------------- ganime serve
 
 
+def haproxy_runs() -> bool:
+    from pathlib import Path
+
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(process, "comm").read_text().strip() == "haproxy":
+                return True
+        except OSError:  # gone meanwhile
+            pass
+    return False
+
+
 def test_ganime_serve_runs_the_same_app_locally(tmp_path):
-    """`ganime serve` on its own local Ray: loopback, no token when none is set, SIGTERM stops it (SIGINT, Ctrl-C,
-    takes the same path, but a process started in the background by a non-interactive shell ignores SIGINT)."""
+    """`ganime serve` on its own local Ray, in Serve's high-throughput mode: loopback, no token when none is set,
+    big images between the deployments, SIGTERM stops it (SIGINT, Ctrl-C, takes the same path, but a process
+    started in the background by a non-interactive shell ignores SIGINT)."""
     import os
     import signal
     import subprocess
@@ -342,11 +357,18 @@ def test_ganime_serve_runs_the_same_app_locally(tmp_path):
         with urllib.request.urlopen(url + "v1/models", timeout=5) as response:
             models = json.loads(response.read())["models"]
         assert {m["name"] for m in models} == set(names.values())
+        assert haproxy_runs()  # the high-throughput mode is on (conftest's cluster runs Serve's default proxy)
         request = urllib.request.Request(f"{url}v1/models/{names['image_a']}/generate",
                                          data=images.encode_png(random_image(21, 34)),
                                          headers={"Content-Type": "image/png"})
         with urllib.request.urlopen(request, timeout=60) as response:
             assert images.decode_rgb(response.read()).shape == (21, 34, 3)
+        # 4.5 MB of pixels between the deployments: over the 4 MiB that gRPC allows unless told otherwise
+        request = urllib.request.Request(f"{url}v1/models/{names['image_a']}/generate",
+                                         data=images.encode_png(random_image(1000, 1500)),
+                                         headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            assert images.decode_rgb(response.read()).shape == (1000, 1500, 3)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
