@@ -6,10 +6,13 @@ One run, one machine, side by side:
   direct        decode PNG -> inference.Generator.translate -> encode PNG in this process (what a replica
                 runs, minus Serve and HTTP), called from 1 or 16 threads
   serve         POST /v1/models/<name>/generate over HTTP (keep-alive connections) to the app on a local
-                Ray, with serve.max_batch_size 1 (batching off) and 16 (on)
+                Ray, as two deployments (Gateway -> Generators, what a cluster runs) and as one
+                (serve.colocate, what `ganime serve` runs), each with serve.max_batch_size 1 (batching off)
+                and 16 (on)
 at concurrency 1 and 16: p50 / p99 latency and requests/s. The model is the Pix2Pix U-Net at --size px
 (seeded random weights: speed does not depend on them). Both sides use the same torch thread count,
 by default 1: what a Generators replica of serve_config.yaml gets (num_cpus 1; Ray sets its threads).
+Serve runs in its high-throughput mode as `ganime serve` starts it (--ingress proxy: Serve's default proxy).
 
 Targets (printed as measured): p50 overhead of Serve at concurrency 1 <= 10 ms at 256 px; batching >= 1.5x
 the throughput of no batching at concurrency 16 on CPU. The overhead is measured with direct and Serve taking
@@ -21,15 +24,15 @@ printed: GET /healthz p50 (HTTP -> proxy -> Gateway and back), and the forward p
 16 images per call, which bounds what any batching can gain here.
 
 Measured on a 2-core box with no GPU (Intel with AMX, so serve.precision auto is bfloat16; client, Serve,
-both deployments and Ray's own processes on the same 2 cores), defaults (--ingress haproxy): both targets met.
-    c=1: Serve adds +9.6 to +9.8 ms (4 runs): GET /healthz 1.4 ms, the Gateway -> Generators hop over gRPC
-    5.5 ms, the rest the 196 KB body and answer. With --ingress proxy (Serve's default Python proxy, what a
-    cluster started by cluster.yaml runs): +26.6 ms, /healthz 7.0 ms and a 9.0 ms hop. Tried before the
-    high-throughput mode, no gain beyond the noise: Serve's router and user code on the replicas' own loops,
-    --threads 2.
-    c=16: batching on 18.3 req/s vs off 9.4: 1.95x (1.53x to 2.25x across 8 runs), mean batch 11 to 14 of
-    16. The forward alone: 137-144 ms/img one at a time, 45 ms/img 16 per call (3x at most). Two changes made
-    this: bfloat16 + channels-last on AMX (float32 NCHW gained at most 1.09x from batching), and
+its deployments and Ray's own processes on the same 2 cores), defaults:
+    c=1, what Serve adds: one deployment +4.2, +4.3 ms (met); two deployments +9.6 to +10.2 ms in 6 runs
+    (GET /healthz 1.4 ms, the Gateway -> Generators hop over gRPC 5.5-5.9 ms, the rest the 196 KB body and
+    answer). With --ingress proxy (Serve's default Python proxy, what cluster.yaml's cluster runs), two
+    deployments: +26.6 ms, /healthz 7.0 ms and a 9.0 ms hop.
+    c=16, batching on vs off: one deployment 2.42x, 2.52x; two deployments 1.76x to 2.25x (1.53x at worst
+    since the Batcher), mean batch 10 to 14 of 16. The forward alone: 119-144 ms/img one at a time, 43-46
+    ms/img 16 per call (about 3x at most). Two changes made this: bfloat16 + channels-last on AMX (float32
+    NCHW gained at most 1.09x from batching; float32 channels-last 1.5x, --precision float32), and
     batching.Batcher in place of @serve.batch, whose batches stayed at a mean of 2.2 requests (0.99x).
     Still to do: the same run on a GPU machine (none lent so far).
 """
@@ -209,44 +212,47 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     client = Client(args.port)
     results, added = {}, {}
-    for label, batch in (("serve, batching off", 1), ("serve, batching on", 16)):
-        tree = {"store": {"uri": store},
-                "serve": {"max_batch_size": batch, "torch_threads": threads, "precision": args.precision}}
-        serve.run(build_app(tree), name=APP_NAME, route_prefix="/")
-        # c=1: direct and Serve take turns, request by request; the direct row is the first of these runs
-        direct_row, results[(label, 1)], added[label] = measure_alternating(direct, client, bodies[:args.requests])
-        results.setdefault(("direct", 1), direct_row)
-        if batch == 1:  # the direct c=16 row between the two, sharing the box with an idle Serve
-            results[("direct", 16)] = measure(direct, bodies[:2 * args.requests], 16)
-        results[(label, 16)] = measure(client, bodies[:2 * args.requests], 16)
-    healthz = measure(client, [None] * args.requests, 1)["p50"]  # client -> proxy -> Gateway and back
+    layouts = {"two deployments": False, "one deployment": True}  # serve.colocate
+    for layout, colocate in layouts.items():
+        for batching, batch in (("off", 1), ("on", 16)):
+            label = f"{layout}, batching {batching}"
+            tree = {"store": {"uri": store}, "serve": {"max_batch_size": batch, "torch_threads": threads,
+                                                       "precision": args.precision, "colocate": colocate}}
+            serve.run(build_app(tree), name=APP_NAME, route_prefix="/")
+            # c=1: direct and Serve take turns, request by request; the direct row is the first of these runs
+            direct_row, results[(label, 1)], added[label] = measure_alternating(direct, client,
+                                                                                 bodies[:args.requests])
+            results.setdefault(("direct", 1), direct_row)
+            if ("direct", 16) not in results:  # sharing the box with an idle Serve, like the rows after it
+                results[("direct", 16)] = measure(direct, bodies[:2 * args.requests], 16)
+            results[(label, 16)] = measure(client, bodies[:2 * args.requests], 16)
+        if not colocate:
+            healthz = measure(client, [None] * args.requests, 1)["p50"]  # client -> proxy -> Gateway and back
     serve.shutdown()
-    order = [("direct", 1), ("direct", 16), ("serve, batching off", 1), ("serve, batching off", 16),
-             ("serve, batching on", 1), ("serve, batching on", 16)]
-    results = {key: results[key] for key in order}
+    results = dict(sorted(results.items(), key=lambda item: item[0][0] != "direct"))  # direct rows first
 
     print(f"\nPix2Pix U-Net ngf {args.ngf} at {args.size} px, {generator.precision}, {threads} torch threads, "
-          f"ingress {args.ingress}, "
-          f"{args.requests} / {2 * args.requests} requests at concurrency 1 / 16")
-    print(f"{'':<22}{'c':>3}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}{'batch':>7}{'fwd ms/img':>12}{'codec ms':>10}"
+          f"ingress {args.ingress}, {args.requests} / {2 * args.requests} requests at concurrency 1 / 16")
+    print(f"{'':<32}{'c':>3}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}{'batch':>7}{'fwd ms/img':>12}{'codec ms':>10}"
           f"{'hop ms':>8}")
     for (label, concurrency), r in results.items():
         hop = f"{r['hop']:>8.1f}" if "hop" in r else ""
-        print(f"{label:<22}{concurrency:>3}{r['p50']:>10.1f}{r['p99']:>10.1f}{r['rps']:>9.2f}{r['batch']:>7.1f}"
+        print(f"{label:<32}{concurrency:>3}{r['p50']:>10.1f}{r['p99']:>10.1f}{r['rps']:>9.2f}{r['batch']:>7.1f}"
               f"{r['forward_per_image']:>12.1f}{r['codec']:>10.1f}{hop}")
-    overhead, overhead_on = added["serve, batching off"], added["serve, batching on"]
-    speedup = results[("serve, batching on", 16)]["rps"] / results[("serve, batching off", 16)]["rps"]
-    print(f"\nServe p50 overhead at c=1 (median over the same bodies, taking turns, of Serve - direct, each less "
-          f"its forward pass): {overhead:+.1f} ms (batching off), {overhead_on:+.1f} ms (batching on, includes the "
-          f"batch wait)   target <= 10 ms: {'met' if overhead <= 10 else 'MISSED'}")
-    hop = results[("serve, batching off", 1)]["hop"]
-    print(f"  of which Serve's two hops: GET /healthz p50 {healthz:.1f} ms (HTTP to the proxy and on to the Gateway) "
+    print("\nServe p50 overhead at c=1 (median over the same bodies, taking turns, of Serve - direct, each less its "
+          "forward pass; batching on includes the batch wait), target <= 10 ms; batching at c=16, target >= 1.5x:")
+    for layout in layouts:
+        off, on = added[f"{layout}, batching off"], added[f"{layout}, batching on"]
+        speedup = results[(f"{layout}, batching on", 16)]["rps"] / results[(f"{layout}, batching off", 16)]["rps"]
+        print(f"  {layout:<16} overhead {off:+.1f} ms (batching on {on:+.1f} ms): {'met' if off <= 10 else 'MISSED'};"
+              f"  batching {speedup:.2f}x of no batching: {'met' if speedup >= 1.5 else 'MISSED'}")
+    hop = results[("two deployments, batching off", 1)]["hop"]
+    print(f"  two deployments: GET /healthz p50 {healthz:.1f} ms (HTTP to the proxy and on to the Gateway) "
           f"+ Gateway -> Generators {hop:.1f} ms")
-    print(f"batching throughput at c=16: {speedup:.2f}x of no batching   target >= 1.5x: "
-          f"{'met' if speedup >= 1.5 else 'MISSED'}")
     print(f"forward pass alone, in process: {one:.1f} ms/img one at a time, {batched:.1f} ms/img 16 per call: "
           f"batching can gain at most {one / batched:.2f}x on this machine for this model")
-    print(f"direct c=16 vs serve batching on c=16: {results[('serve, batching on', 16)]['rps'] / results[('direct', 16)]['rps']:.2f}x")
+    print(f"one deployment, batching on at c=16 vs direct calls from 16 threads: "
+          f"{results[('one deployment, batching on', 16)]['rps'] / results[('direct', 16)]['rps']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -155,6 +155,11 @@ class ServeConfig(Section):
     # auto: bfloat16 on CUDA and on CPUs with AMX (2-5x faster there, a pixel moves by <= 2 levels), else float32
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     torch_threads: int | None = Field(None, ge=1)  # intra-op threads per replica; None: Ray's (= its CPUs)
+    # True: the Gateway replicas run the generators themselves, one deployment instead of two. Saves the Ray hop
+    # between them (5-9 ms a request on a 2-core box) but scales HTTP and networks together and routes requests
+    # without regard to which replica holds a model: for one box, not for a cluster. None: one deployment under
+    # `ganime serve` on a Ray of its own, two otherwise (serve_config.yaml on a cluster, or $RAY_ADDRESS).
+    colocate: bool | None = None
 
 
 class Config(Section):

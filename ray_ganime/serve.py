@@ -7,7 +7,7 @@
                                       ?max_side=; answers PNG (JPEG when Accept prefers it) of the input's size.
                                       noise: ?seed=&n=&truncation=; answers a PNG grid of n images.
 
-Two deployments, so that each scales on what it needs:
+Two deployments, so that each scales on what it needs (``serve.colocate`` makes it one: ``ganime serve``'s default):
 
 * ``Gateway``: the FastAPI ingress. Auth, limits, decoding and encoding; CPU only and stateless.
 * ``Generators``: loads packages by name (``@serve.multiplexed``: an LRU of ``serve.models_per_replica`` per
@@ -150,7 +150,8 @@ class Run(NamedTuple):
 
 @serve.deployment(max_ongoing_requests=32, ray_actor_options={"num_cpus": 1})
 class Generators:
-    """Model packages by name, batched. Called through a handle with ``multiplexed_model_id=<package name>``."""
+    """Model packages by name, batched. The Gateway calls it through a handle with ``multiplexed_model_id=<name>``
+    (Serve routes the call to a replica that holds the model), or in its own replica when ``serve.colocate``."""
 
     def __init__(self, config: dict) -> None:
         cfg: Config = from_tree(config)
@@ -170,8 +171,8 @@ class Generators:
         self.get_generator = serve.multiplexed(max_num_models_per_replica=limits.models_per_replica)(load_generator)
         self.batcher = Batcher(self._translate_batch, limits.max_batch_size, limits.batch_wait_timeout_s)
 
-    async def translate(self, image: np.ndarray) -> tuple[np.ndarray, Run]:
-        return await self.batcher(serve.get_multiplexed_model_id(), image)
+    async def translate(self, name: str, image: np.ndarray) -> tuple[np.ndarray, Run]:
+        return await self.batcher(name, image)
 
     async def _translate_batch(self, name: str, batch: list[np.ndarray]) -> list[tuple[np.ndarray, Run]]:
         generator = await self.get_generator(name)
@@ -181,8 +182,8 @@ class Generators:
         run = Run(len(batch), (time.perf_counter() - started) * 1e3, generator.precision)
         return [(out, run) for out in outputs]
 
-    async def sample(self, seed: int, n: int, truncation: float | None) -> tuple[np.ndarray, Run]:
-        generator = await self.get_generator(serve.get_multiplexed_model_id())
+    async def sample(self, name: str, seed: int, n: int, truncation: float | None) -> tuple[np.ndarray, Run]:
+        generator = await self.get_generator(name)
         started = time.perf_counter()
         grid = await asyncio.to_thread(generator.sample, seed, n, truncation)
         return grid, Run(1, (time.perf_counter() - started) * 1e3, generator.precision)
@@ -191,11 +192,13 @@ class Generators:
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(app)
 class Gateway:
-    """HTTP in front of ``Generators``: auth, limits, image decoding and encoding."""
+    """HTTP in front of ``Generators``: auth, limits, image decoding and encoding. ``generators``: the Generators
+    deployment's handle, or None to run them in this replica (``serve.colocate``)."""
 
-    def __init__(self, generators: DeploymentHandle, config: dict) -> None:
+    def __init__(self, generators: DeploymentHandle | None, config: dict) -> None:
         cfg: Config = from_tree(config)
         self.generators, self.store, self.limits = generators, cfg.store, cfg.serve
+        self.local = Generators.func_or_class(config) if generators is None else None
         # Read on the replica, from its own environment: the token never travels in a config or a handle.
         self.token = os.environ.get(self.limits.token_env) or None
         self.page = resources.files("ray_ganime").joinpath("web", "index.html").read_bytes()
@@ -285,6 +288,10 @@ class Gateway:
                                      f"pixels; pass ?max_side= to shrink it first")
         return image
 
+    def _call(self, method, *args):
+        """``method`` of the Generators: a handle's method over Ray, or in this replica when colocated."""
+        return method(*args) if self.local is not None else method.remote(*args)
+
     @staticmethod
     def _encode(image: np.ndarray, media: str) -> bytes:
         return images.encode_jpeg(image) if media == IMAGE_MEDIA["jpeg"] else images.encode_png(image, 1)
@@ -313,7 +320,7 @@ class Gateway:
         self._authorize(request)
         media = preferred_media(request.headers.get("accept"))
         meta = await self._package(name)
-        handle = self.generators.options(multiplexed_model_id=name)
+        generators = self.local if self.local is not None else self.generators.options(multiplexed_model_id=name)
         headers = {"X-Ganime-Model": name}
         timing = Timing()
         try:
@@ -321,13 +328,13 @@ class Gateway:
                 if n > self.limits.max_images:
                     raise HTTPException(422, f"n: at most {self.limits.max_images} images per request, got {n}")
                 with timing("generate"):
-                    output, run = await handle.sample.remote(seed, n, truncation)
+                    output, run = await self._call(generators.sample, name, seed, n, truncation)
             elif meta["kind"] == export.IMAGE_TO_IMAGE:
                 data = await self._image_bytes(request)
                 with timing("decode"):
                     image = await asyncio.to_thread(self._decode, data, max_side)
                 with timing("generate"):
-                    output, run = await handle.translate.remote(image)
+                    output, run = await self._call(generators.translate, name, image)
                 headers["X-Ganime-Batch-Size"] = str(run.batch)
             else:
                 raise HTTPException(501, f"{name} is a {meta['kind']!r} model, which this server cannot run")
@@ -346,6 +353,8 @@ def build_app(args: dict | None = None) -> serve.Application:
     config tree; only its ``store`` and ``serve`` sections matter (the store defaults to $GANIME_STORE, as
     everywhere)."""
     config = from_tree(dict(args or {})).model_dump(mode="json", include={"store", "serve"})
+    if config["serve"]["colocate"]:  # one deployment: the Gateway also holds the networks, and their resources
+        return Gateway.options(ray_actor_options=Generators.ray_actor_options).bind(None, config)
     return Gateway.bind(Generators.bind(config), config)
 
 
@@ -359,13 +368,16 @@ def run_local(tree: dict, blocking: bool = True) -> str:
 
     cfg = from_tree(tree)
     own_ray = init_ray()
+    colocate = own_ray if cfg.serve.colocate is None else cfg.serve.colocate  # one box: one deployment
+    tree = {**tree, "serve": {**tree.get("serve", {}), "colocate": colocate}}
     url = f"http://{cfg.serve.host}:{cfg.serve.port}/"
     if blocking:  # SIGTERM (service managers, containers, `kill`) stops it the way Ctrl-C does
         signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
         serve.run(build_app(tree), name=APP_NAME, route_prefix="/", blocking=False)
-        print(f"serving the models in {cfg.store.uri} at {url}  (Ctrl-C stops)", flush=True)
+        layout = "one deployment" if colocate else "two deployments"
+        print(f"serving the models in {cfg.store.uri} at {url}  ({layout}; Ctrl-C stops)", flush=True)
         while blocking:
             time.sleep(3600)
     except KeyboardInterrupt:

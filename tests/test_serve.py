@@ -27,7 +27,7 @@ from PIL import Image
 from serving import random_image
 
 from ray_ganime import export, images, inference
-from ray_ganime.serve import MISS_RELIST_S, Gateway, model_summary, preferred_media
+from ray_ganime.serve import MISS_RELIST_S, Gateway, Generators, build_app, model_summary, preferred_media
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -300,6 +300,15 @@ def test_unknown_model_names_relist_the_store_at_most_once_a_second(tmp_path, mo
     assert asyncio.run(ask("missing")) == 404 and len(listings) == 2
 
 
+def test_colocate_makes_one_deployment_that_has_the_generators_resources():
+    # Application._bound_deployment: Serve has no public way to look into an application before it runs.
+    split, one = (build_app({"store": {"uri": "/unused"}, "serve": {"colocate": colocate}})._bound_deployment
+                  for colocate in (False, True))
+    assert split.name == one.name == "Gateway"
+    assert split.init_args[0] is not None and split.ray_actor_options == {"num_cpus": 0.25}
+    assert one.init_args[0] is None and one.ray_actor_options == Generators.ray_actor_options
+
+
 def test_model_summary_leaves_the_training_config_out(tmp_path):
     from serving import make_packages
 
@@ -324,10 +333,11 @@ def haproxy_runs() -> bool:
     return False
 
 
-def test_ganime_serve_runs_the_same_app_locally(tmp_path):
+@pytest.mark.parametrize("layout", ["one deployment", "two deployments"])
+def test_ganime_serve_runs_the_same_app_locally(tmp_path, layout):
     """`ganime serve` on its own local Ray, in Serve's high-throughput mode: loopback, no token when none is set,
-    big images between the deployments, SIGTERM stops it (SIGINT, Ctrl-C, takes the same path, but a process
-    started in the background by a non-interactive shell ignores SIGINT)."""
+    one deployment unless told otherwise, big images between two deployments, SIGTERM stops it (SIGINT, Ctrl-C,
+    takes the same path, but a process started in the background by a non-interactive shell ignores SIGINT)."""
     import os
     import signal
     import subprocess
@@ -344,13 +354,15 @@ def test_ganime_serve_runs_the_same_app_locally(tmp_path):
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "ganime"), "serve", "--store", str(tmp_path / "store"),
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
+                                 "--port", str(port), *(["--set", "serve.colocate=false"] if "two" in layout else [])],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 240
         while True:
             assert proc.poll() is None, log.read_text()[-3000:]
             if f"at {url}" in log.read_text():  # printed once the app is up
+                assert f"at {url}  ({layout};" in log.read_text()
                 break
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(1)
@@ -363,7 +375,7 @@ def test_ganime_serve_runs_the_same_app_locally(tmp_path):
                                          headers={"Content-Type": "image/png"})
         with urllib.request.urlopen(request, timeout=60) as response:
             assert images.decode_rgb(response.read()).shape == (21, 34, 3)
-        # 4.5 MB of pixels between the deployments: over the 4 MiB that gRPC allows unless told otherwise
+        # 4.5 MB of pixels: over the 4 MiB that gRPC between two deployments allows unless told otherwise
         request = urllib.request.Request(f"{url}v1/models/{names['image_a']}/generate",
                                          data=images.encode_png(random_image(1000, 1500)),
                                          headers={"Content-Type": "image/png"})
