@@ -288,9 +288,12 @@ class Gateway:
                                      f"pixels; pass ?max_side= to shrink it first")
         return image
 
-    def _call(self, method, *args):
-        """``method`` of the Generators: a handle's method over Ray, or in this replica when colocated."""
-        return method(*args) if self.local is not None else method.remote(*args)
+    def _generators(self, method: str, name: str, *args):
+        """``Generators.<method>(name, *args)``: in this replica when colocated, else over Ray to a replica that
+        holds model ``name``."""
+        if self.local is not None:
+            return getattr(self.local, method)(name, *args)
+        return getattr(self.generators.options(multiplexed_model_id=name), method).remote(name, *args)
 
     @staticmethod
     def _encode(image: np.ndarray, media: str) -> bytes:
@@ -320,7 +323,6 @@ class Gateway:
         self._authorize(request)
         media = preferred_media(request.headers.get("accept"))
         meta = await self._package(name)
-        generators = self.local if self.local is not None else self.generators.options(multiplexed_model_id=name)
         headers = {"X-Ganime-Model": name}
         timing = Timing()
         try:
@@ -328,13 +330,13 @@ class Gateway:
                 if n > self.limits.max_images:
                     raise HTTPException(422, f"n: at most {self.limits.max_images} images per request, got {n}")
                 with timing("generate"):
-                    output, run = await self._call(generators.sample, name, seed, n, truncation)
+                    output, run = await self._generators("sample", name, seed, n, truncation)
             elif meta["kind"] == export.IMAGE_TO_IMAGE:
                 data = await self._image_bytes(request)
                 with timing("decode"):
                     image = await asyncio.to_thread(self._decode, data, max_side)
                 with timing("generate"):
-                    output, run = await self._call(generators.translate, name, image)
+                    output, run = await self._generators("translate", name, image)
                 headers["X-Ganime-Batch-Size"] = str(run.batch)
             else:
                 raise HTTPException(501, f"{name} is a {meta['kind']!r} model, which this server cannot run")
