@@ -74,7 +74,7 @@ def cmd_train(args) -> None:
     if args.resume_from:
         cfg.train.resume_from = args.resume_from
     if args.run_name:
-        cfg.train.run_name = args.run_name
+        cfg.train.run_name = storage.check_name(args.run_name, "run name")  # one line, not pydantic's report
     out = train.fit(cfg)
     print(f"\nrun:         {out['run']}\ncheckpoint:  {out['checkpoint']}\n"
           f"samples:     {storage.join(out['run'], 'samples')}\ntensorboard: {storage.join(out['run'], 'tensorboard')}")
@@ -89,7 +89,7 @@ def cmd_evaluate(args) -> None:
 
 
 def _evaluate(cfg: cfgmod.Config, model_uri: str, data_uri: str | None, out_uri: str | None) -> dict:
-    """Evaluate a checkpoint's generator on a data set's test split; writes metrics, a table row, samples."""
+    """Evaluate a checkpoint's generator on a data set's held-out split; writes metrics, a table row, samples."""
     from ray_ganime import evaluate
 
     result, files = evaluate.evaluate_checkpoint(model_uri, cfg, data_uri, out_uri)
@@ -174,9 +174,12 @@ def _fmt_optional(value) -> str:
 def cmd_serve(args) -> None:
     import os
 
-    from ray_ganime import runtime
-
     if not os.environ.get("RAY_ADDRESS"):  # on a Ray of our own; a cluster's Serve runs as the cluster says
+        # Ray's switch for a node on 127.0.0.1 only (its default on macOS and Windows): the GCS, raylet, agents
+        # and dashboard listen on loopback. Ray reads it when it is imported: before `runtime` imports it.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        from ray_ganime import runtime
+
         runtime.use_serve_high_throughput()
     from ray_ganime import serve
 
@@ -185,20 +188,23 @@ def cmd_serve(args) -> None:
 
 
 def cmd_models(args) -> None:
-    from ray_ganime import export
+    from ray_ganime import inference
 
     cfg = _load(args)
-    packages = export.list_packages(cfg.store.uri, cfg.store.options())
-    if not packages:
+    # What `ganime serve` over this store would serve, and what it would report as broken.
+    packages, broken = inference.scan_servable(cfg.store.uri, cfg.store.options(), cfg.serve.max_parameters)
+    if not packages and not broken:
         print(f"no model packages in {storage.join(cfg.store.uri, 'models')}")
         return
     print(f"{'name':<24} {'recipe':<10} {'size':>5} {'epoch':>6}  {'created':<25} metrics")
     for meta in packages:
         name = meta["uri"].rstrip("/").rsplit("/", 1)[-1]
         onnx = " +onnx" if meta.get("onnx") else ""
-        epoch = meta.get("training", {}).get("epoch")
-        print(f"{name:<24} {meta['recipe']:<10} {meta['native_size']:>5} {_fmt_optional(epoch):>6}  "
-              f"{meta['created']:<25} {_metrics_summary(meta['metrics'])}{onnx}")
+        epoch = (meta.get("training") or {}).get("epoch")
+        print(f"{name:<24} {_fmt_optional(meta.get('recipe')):<10} {meta['native_size']:>5} {_fmt_optional(epoch):>6}  "
+              f"{_fmt_optional(meta.get('created')):<25} {_metrics_summary(meta.get('metrics') or {})}{onnx}")
+    for package in broken:  # listed, so that nobody wonders where a package went
+        print(f"{package['name']:<24} BROKEN: {package['reason']}")
 
 
 def _print_manifest(dest: str, manifest: dict) -> None:
@@ -249,11 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a recipe on Ray Train (see configs/)")
     p.add_argument("--resume-from", help="start from this checkpoint folder (local or s3://)")
     p.add_argument("--run-name", help="run folder name under <store>/runs; the same name resumes")
-    p.add_argument("--evaluate", action="store_true", help="evaluate the final checkpoint on the test split")
+    p.add_argument("--evaluate", action="store_true", help="evaluate the final checkpoint on the held-out split")
     _config_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="FID and SSIM of a checkpoint's generator on a data set's test split")
+    p = sub.add_parser("evaluate", help="FID and SSIM of a checkpoint's generator on a data set's held-out split")
     p.add_argument("--model", required=True, help="checkpoint folder (local or s3://)")
     p.add_argument("--data", help="data set URI or name (default: the one the model was trained on)")
     p.add_argument("--out", help="where metrics.json, results.md and samples.png go (default: beside the model)")

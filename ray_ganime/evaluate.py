@@ -31,7 +31,7 @@ import numpy as np
 import ray
 import torch
 
-from ray_ganime import images, metrics, preview, storage, transforms
+from ray_ganime import checkpoints, images, metrics, preview, storage, transforms
 from ray_ganime.data import ShardData
 
 __all__ = ["evaluate_generator", "write_report", "inception_features", "fid_from_features", "RANDOM_INIT_WARNING",
@@ -183,10 +183,11 @@ def _cpu_module(generator: torch.nn.Module) -> torch.nn.Module:
 
 
 def evaluate_generator(generator: torch.nn.Module, data: ShardData, *, input_column: str = "sketch",
-                       target_column: str = "color", split: str = "test", fid_weights: str | None = None,
+                       target_column: str = "color", split: str | None = None, fid_weights: str | None = None,
                        max_images: int | None = None, batch_size: int = 16, use_gpu: bool | None = None,
                        concurrency: int | tuple[int, int] | None = None) -> dict:
-    """SSIM (mean, std) and FID of ``generator`` on ``split`` of a data set, computed with Ray Data.
+    """SSIM (mean, std) and FID of ``generator`` on ``split`` (default: the held-out one) of a data set,
+    computed with Ray Data.
 
     ``fid_weights``: as ``metrics.load_fid_inception`` (None: auto; "random": a labelled random init
     for tests). ``use_gpu`` None: one GPU per actor when the cluster has GPUs. ``concurrency``: the
@@ -209,6 +210,7 @@ def evaluate_generator(generator: torch.nn.Module, data: ShardData, *, input_col
     pool = (ray.data.ActorPoolStrategy(size=concurrency) if isinstance(concurrency, int)
             else ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1]))
 
+    split = data.held_out_split(split)
     ds = data.dataset(split, train=False)
     if max_images is not None:
         ds = ds.limit(max_images)
@@ -306,15 +308,15 @@ def evaluate_checkpoint(model_uri: str, cfg, data_uri: str | None = None,
     """FID / SSIM of a checkpoint's generator on ``cfg.eval.split``, with the model's own preprocessing,
     on its own data set unless ``data_uri`` is given; the report goes to ``out_uri`` (default: beside the
     checkpoint, ``<checkpoint>_eval``). Returns (result, the report's URIs)."""
-    from ray_ganime import train
     from ray_ganime.config import Config
     from ray_ganime.runtime import init_ray
 
-    init_ray()
     options = cfg.store.options()
-    generator, meta = train.load_generator(model_uri, options=options)
+    # The checkpoint and the data set first: a bad checkpoint or an unreachable store fails before Ray starts.
+    generator, meta = checkpoints.load_generator(model_uri, options=options)
     trained = Config.model_validate(meta["config"])
     data = ShardData(data_uri or trained.dataset_uri(), trained.data, options)
+    init_ray()
     result = evaluate_generator(generator, data, split=cfg.eval.split, fid_weights=cfg.eval.fid_weights,
                                 max_images=cfg.eval.max_images, batch_size=cfg.eval.batch_size)
     name = f"{meta['recipe']}" + (" + TV" if meta["config"].get("loss", {}).get("tv") else "")

@@ -12,29 +12,34 @@ A package lives at ``<store>/models/<name>/``:
 loaded. Loading reads JSON and safetensors only (no pickle) and rebuilds the network from
 ``nets.GENERATORS``, so it needs neither the recipe nor Ray; the weights' sha256 is checked first.
 
-Data flow: train -> tune -> evaluate -> export -> serve. This module never imports Ray: reading a
-checkpoint here goes through the store directly rather than through ``ray_ganime.train``.
+Data flow: train -> tune -> evaluate -> export -> serve. This module never imports Ray: checkpoints are
+read through ``ray_ganime.checkpoints``, which does not either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import functools
 import hashlib
-import io
+import itertools
+import json
 import os
-import re
 import tempfile
+import threading
 import warnings
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
-from ray_ganime import __version__, storage
+from ray_ganime import __version__, checkpoints, storage
 from ray_ganime.nets import PadToMultiple, build_generator, count_parameters
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "IMAGE_TO_IMAGE", "NOISE", "PackageError", "export_package",
-           "find_evaluation", "list_packages", "load_package", "package_meta", "package_uri", "write_package"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "IMAGE_TO_IMAGE", "NOISE", "Listing", "Manifest", "PackageError", "check_manifest",
+           "export_package", "find_evaluation", "list_packages", "load_package", "package_meta", "package_uri",
+           "scan_packages", "write_package"]
 
 FORMAT = "ray-ganime-model"
 # Package kinds: what a generator consumes. Image-to-image generators take an image of any size (padded to
@@ -48,11 +53,9 @@ ONNX_TOLERANCE = 1e-4  # max |onnxruntime - torch| accepted when an export is ve
 ONNX_INPUT, ONNX_OUTPUT = "image", "output"
 ONNX_DYNAMIC_AXES = {"0": "batch", "2": "height", "3": "width"}
 
-# The files of a checkpoint folder (ray_ganime.train writes them; that module imports Ray, this one must not).
-CHECKPOINT_STATE, CHECKPOINT_META = "state.pt", "meta.json"
 
-# A package name is one folder name on every store: no separators, no leading dot (hidden/temp files).
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# A package name is one folder name on every store: the project's one rule for names (storage.check_name).
+_NAME = storage.NAME_PATTERN
 
 
 class PackageError(ValueError):
@@ -64,10 +67,9 @@ class PackageError(ValueError):
 
 def package_uri(store_uri: str, name: str) -> str:
     """``<store>/models/<name>`` for a valid package name."""
-    if not isinstance(name, str) or not _NAME.match(name) or name.endswith(".tmp"):
-        raise PackageError(f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' (at most 128 "
-                           f"characters, starting with a letter or digit)")
-    return storage.join(store_uri, "models", name)
+    if isinstance(name, str) and name.endswith(".tmp"):
+        raise PackageError(f"invalid model name {name!r}: names ending in .tmp are exports in progress")
+    return storage.join(store_uri, "models", storage.check_name(name, "model name", PackageError))
 
 
 def _sha256(data: bytes) -> str:
@@ -79,27 +81,6 @@ def _now() -> str:
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-
-
-def _read_checkpoint(uri: str, options: storage.StoreOptions | None) -> tuple[dict, dict]:
-    """(state.pt without pickle, meta.json) of a checkpoint folder, read straight from the store."""
-    state_uri = storage.join(uri, CHECKPOINT_STATE)
-    if not storage.exists(state_uri, options):
-        raise FileNotFoundError(f"{storage.join(uri)}: not a ray-ganime checkpoint (no {CHECKPOINT_STATE})")
-    state = torch.load(io.BytesIO(storage.read_bytes(state_uri, options)), map_location="cpu", weights_only=True)
-    return state, storage.read_json(storage.join(uri, CHECKPOINT_META), options)
-
-
-def _checkpoint_generator(state: dict) -> tuple[nn.Module, dict, Any]:
-    """(generator in eval mode, its generator_spec, the checkpoint's Config) via the recipe that trained it."""
-    from ray_ganime.config import Config
-    from ray_ganime.recipes import recipe_class
-
-    cfg = Config.model_validate(state["config"])
-    with torch.random.fork_rng(devices=[]):  # building a recipe initialises weights: leave the caller's RNG be
-        recipe = recipe_class(cfg.recipe)(cfg, "cpu")
-    recipe.load_state_dict(state["recipe"], nets_only=True)
-    return recipe.generator().eval(), recipe.generator_spec(), cfg
 
 
 def _rebuilt_exactly(generator: nn.Module, spec: dict) -> nn.Module:
@@ -248,9 +229,10 @@ def export_package(checkpoint_uri: str, name: str, store_uri: str, options: stor
         _require_onnx()  # before anything is read or written
     _refuse_existing(uri, overwrite, options)  # before the (slow) work, and again just before writing
     checkpoint = storage.join(checkpoint_uri)
-    state, meta = _read_checkpoint(checkpoint, options)
-    generator, spec, cfg = _checkpoint_generator(state)
-    net = _rebuilt_exactly(generator, spec)
+    state, meta = checkpoints.load(checkpoint, options)
+    recipe = checkpoints.recipe_of(state)
+    spec, cfg = recipe.generator_spec(), recipe.cfg
+    net = _rebuilt_exactly(recipe.generator().eval(), spec)
     if evaluation is None:
         evaluation = find_evaluation(checkpoint, options)
     training = {"epoch": meta.get("epoch", state.get("epoch")),
@@ -297,21 +279,146 @@ def write_package(net: nn.Module, spec: dict, name: str, store_uri: str, *, reci
     return uri
 
 
+# ------------------------------------------------------------------------------------ the manifest's schema
+
+# What a model.json may describe, so that checking one takes milliseconds and loading one a bounded amount of
+# memory whatever the file says. The parameter budget is the caller's (serve.max_parameters).
+MAX_SIDE = 8192  # native_size and size_multiple (images.MAX_PIXELS is 8192 x 8192)
+MAX_CHANNELS = 4
+MAX_LATENT_DIM = 8192
+MAX_MODULES = 2048  # layers one network may build (the Pix2Pix U-Net at 256 px has about 100)
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")  # keys this version does not rely on are no error
+
+
+class _Network(_Open):
+    class_: str = Field(alias="class")
+    args: dict[str, Any]
+
+
+class _Weights(_Open):
+    file: str  # checked against _NAME when it is read
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    parameters: int = Field(ge=0)
+
+
+class _Side(_Open):
+    channels: int | None = Field(None, ge=1, le=MAX_CHANNELS)
+    latent_dim: int | None = Field(None, ge=1, le=MAX_LATENT_DIM)
+
+
+class Manifest(_Open):
+    """The part of model.json that loading and serving rely on."""
+
+    kind: Literal[IMAGE_TO_IMAGE, NOISE]
+    network: _Network
+    input: _Side
+    output: _Side
+    native_size: int = Field(ge=1, le=MAX_SIDE)
+    size_multiple: int = Field(ge=1, le=MAX_SIDE)
+    weights: _Weights
+
+    @model_validator(mode="after")
+    def _sides_described(self) -> "Manifest":
+        needed = "channels" if self.kind == IMAGE_TO_IMAGE else "latent_dim"
+        if getattr(self.input, needed) is None:
+            raise ValueError(f"input.{needed} is missing (a {self.kind} model)")
+        if self.output.channels is None:
+            raise ValueError("output.channels is missing")
+        return self
+
+    def example_shape(self) -> tuple[int, ...]:
+        if self.kind == IMAGE_TO_IMAGE:
+            return 1, self.input.channels, self.native_size, self.native_size
+        return 1, self.input.latent_dim
+
+
+@contextlib.contextmanager
+def _at_most_modules(limit: int):
+    """PackageError once this thread has built more than ``limit`` modules: no model.json (a U-Net with
+    num_downs 10000) makes checking it slow. Other threads (a replica loading a model meanwhile) are not counted."""
+    thread, built = threading.get_ident(), itertools.count(1)
+
+    def count(parent: nn.Module, name: str, module: nn.Module | None) -> None:
+        if threading.get_ident() == thread and next(built) > limit:
+            raise PackageError(f"the network has more than {limit} layers")
+
+    handle = nn.modules.module.register_module_module_registration_hook(count)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@functools.lru_cache(maxsize=256)
+def _network_check(class_name: str, args_json: str, example_shape: tuple[int, ...],
+                   output_shape: tuple[int, ...]) -> tuple[int, str | None]:
+    """(parameters, None) of the network, or (0, why it is unusable). Built and run on the meta device: shapes
+    only, nothing allocated, so a network of a billion parameters costs no memory to refuse."""
+    try:
+        with _at_most_modules(MAX_MODULES), torch.device("meta"):
+            net = build_generator(class_name, json.loads(args_json)).eval()
+            parameters = count_parameters(net)
+            got = tuple(net(torch.empty(example_shape)).shape)
+    except Exception as e:  # constructors and forward passes raise many types for impossible arguments
+        return 0, f"network {class_name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"[:300]
+    if got != output_shape:
+        return 0, f"network {class_name} maps {example_shape} to {got}, not to {output_shape} as described"
+    return parameters, None
+
+
+def check_manifest(meta: dict, max_parameters: int | None = None) -> Manifest:
+    """``meta`` (a model.json) checked without loading any weights: format and version, the schema (kind, sizes
+    and channels within bounds), a network class in ``nets.GENERATORS`` that accepts its arguments and maps
+    the described input to the described output, ``weights.parameters`` equal to its parameter count, and
+    that count at most ``max_parameters``. Raises PackageError with a reason that names no file."""
+    if meta.get("format") != FORMAT:
+        raise PackageError(f"not a {FORMAT} manifest (format {meta.get('format')!r})")
+    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
+        raise PackageError(f"format version {meta.get('format_version')!r} is newer than this ray-ganime reads "
+                           f"({FORMAT_VERSION}); upgrade ray-ganime")
+    try:
+        manifest = Manifest.model_validate(meta)
+    except ValidationError as e:
+        raise PackageError("; ".join(f"{'.'.join(map(str, err['loc'])) or MANIFEST}: "
+                                     f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors()[:3])) from None
+    net = manifest.network
+    size = manifest.native_size
+    parameters, problem = _network_check(net.class_, json.dumps(net.args, sort_keys=True), manifest.example_shape(),
+                                         (1, manifest.output.channels, size, size))
+    if problem:
+        raise PackageError(problem)
+    if manifest.weights.parameters != parameters:
+        raise PackageError(f"weights.parameters is {manifest.weights.parameters} but {net.class_} with these "
+                           f"arguments has {parameters}")
+    if max_parameters is not None and parameters > max_parameters:
+        raise PackageError(f"{net.class_} has {parameters:,} parameters, over the limit of {max_parameters:,} "
+                           f"(serve.max_parameters)")
+    return manifest
+
+
 # ------------------------------------------------------------------------------------------ load and list
 
 
-def package_meta(uri: str, options: storage.StoreOptions | None = None) -> dict:
-    """The model.json of the package at ``uri``, after checking that it is a package this code can read."""
+def package_meta(uri: str, options: storage.StoreOptions | None = None, max_parameters: int | None = None) -> dict:
+    """The model.json of the package at ``uri``, after ``check_manifest``. PackageError: the package is unusable;
+    StorageError: the store could not be read."""
     uri = storage.join(uri)
     manifest = storage.join(uri, MANIFEST)
     if not storage.exists(manifest, options):
         raise FileNotFoundError(f"{uri}: not a model package (no {MANIFEST}; an export that did not finish?)")
-    meta = storage.read_json(manifest, options)
-    if meta.get("format") != FORMAT:
-        raise PackageError(f"{manifest}: not a {FORMAT} manifest (format {meta.get('format')!r})")
-    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
-        raise PackageError(f"{manifest}: format version {meta.get('format_version')!r} is newer than this "
-                           f"ray-ganime reads ({FORMAT_VERSION}); upgrade ray-ganime")
+    try:
+        meta = json.loads(storage.read_bytes(manifest, options))
+    except ValueError as e:
+        raise PackageError(f"{manifest}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise PackageError(f"{manifest}: not a JSON object")
+    try:
+        check_manifest(meta, max_parameters)
+    except PackageError as e:
+        raise PackageError(f"{manifest}: {e}") from None
     return meta
 
 
@@ -321,6 +428,8 @@ def _package_file(uri: str, entry: dict, options: storage.StoreOptions | None) -
     if not isinstance(name, str) or not _NAME.match(name):
         raise PackageError(f"{uri}/{MANIFEST}: bad file name {name!r}")
     file_uri = storage.join(uri, name)
+    if not storage.exists(file_uri, options):  # the package's fault, not the store's (a StorageError)
+        raise PackageError(f"{file_uri}: missing")
     data = storage.read_bytes(file_uri, options)
     digest = _sha256(data)
     if digest != entry.get("sha256"):
@@ -329,39 +438,63 @@ def _package_file(uri: str, entry: dict, options: storage.StoreOptions | None) -
     return data
 
 
-def load_package(uri: str, device: str | torch.device = "cpu",
-                 options: storage.StoreOptions | None = None) -> tuple[nn.Module, dict]:
+def load_package(uri: str, device: str | torch.device = "cpu", options: storage.StoreOptions | None = None,
+                 max_parameters: int | None = None) -> tuple[nn.Module, dict]:
     """(generator in eval mode on ``device``; its model.json plus ``"uri"``).
 
     No pickle and no training code: JSON, safetensors and ``nets.GENERATORS``. An image-to-image module
     maps (N, C, H, W) of any size in ``meta["input"]["value_range"]`` to (N, C', H, W); at ``native_size``
     its output is bitwise the checkpoint generator's (on the same device). A noise module maps latents
-    (N, ``meta["input"]["latent_dim"]``) to (N, C', native_size, native_size)."""
+    (N, ``meta["input"]["latent_dim"]``) to (N, C', native_size, native_size). The manifest is checked
+    (``check_manifest``) before anything is allocated."""
     from safetensors.torch import load
 
     uri = storage.join(uri)
-    meta = package_meta(uri, options)
-    state = load(_package_file(uri, meta["weights"], options))
-    net = build_generator(meta["network"]["class"], meta["network"]["args"])
-    net.load_state_dict(state)
+    meta = package_meta(uri, options, max_parameters)
+    data = _package_file(uri, meta["weights"], options)
+    try:
+        net = build_generator(meta["network"]["class"], meta["network"]["args"])
+        net.load_state_dict(load(data))
+    except Exception as e:  # sha256-checked, so written that way: the export itself was wrong
+        raise PackageError(f"{uri}: the weights do not fit the network: {str(e).splitlines()[0][:300]}") from None
     if meta["kind"] == IMAGE_TO_IMAGE:
         net = PadToMultiple(net, meta["size_multiple"])
     model = net.to(device).eval()
     return model, {**meta, "uri": uri}
 
 
-def list_packages(store_uri: str, options: storage.StoreOptions | None = None) -> list[dict]:
-    """The model.json (plus ``"uri"``) of every complete package under ``<store_uri>/models``, by name."""
+class Listing(NamedTuple):
+    """The store's packages: ``packages`` the model.json (plus ``"uri"``) of each usable one; ``broken`` one
+    ``{"name", "uri", "reason"}`` for each whose model.json fails ``check_manifest`` (the reason names no path)."""
+
+    packages: list[dict]
+    broken: list[dict]
+
+
+def scan_packages(store_uri: str, options: storage.StoreOptions | None = None,
+                  max_parameters: int | None = None) -> Listing:
+    """Every complete package under ``<store_uri>/models``, by name. StorageError when the store cannot be
+    listed; one package that cannot be read or trusted is reported in ``broken``, never an error for the rest."""
     root = storage.join(store_uri, "models")
     if not storage.exists(root, options):
-        return []
-    found = []
+        return Listing([], [])
+    found, broken = [], []
     for uri in storage.listdir(root, options):
         name = uri.rstrip("/").rsplit("/", 1)[-1]
         if not _NAME.match(name) or not storage.exists(storage.join(uri, MANIFEST), options):
             continue  # temp files, or an export still running (or one that failed)
         try:
-            found.append({**package_meta(uri, options), "uri": uri})
+            found.append({**package_meta(uri, options, max_parameters), "uri": uri})
         except (PackageError, storage.StorageError) as e:
-            warnings.warn(f"skipping {uri}: {e}", UserWarning, stacklevel=2)
-    return sorted(found, key=lambda m: m["uri"])
+            broken.append({"name": name, "uri": uri, "reason": str(e).replace(uri, name)})
+    return Listing(sorted(found, key=lambda m: m["uri"]), broken)
+
+
+def list_packages(store_uri: str, options: storage.StoreOptions | None = None,
+                  max_parameters: int | None = None) -> list[dict]:
+    """The model.json (plus ``"uri"``) of every usable package under ``<store_uri>/models``, by name; broken
+    ones are left out with a warning (``scan_packages`` reports them)."""
+    listing = scan_packages(store_uri, options, max_parameters)
+    for package in listing.broken:
+        warnings.warn(f"skipping {package['uri']}: {package['reason']}", UserWarning, stacklevel=2)
+    return listing.packages

@@ -44,22 +44,33 @@ def probe(data: bytes) -> tuple[int, int, str]:
     return width, height, fmt
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
-    """Fully decode any PIL-readable image to uint8 RGB (H, W, 3).
+def decode_rgb(data: bytes, max_side: int | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode any PIL-readable image to uint8 RGB (H, W, 3).
 
     Transparent pixels are composited onto white (line art and cels are drawn on white paper).
     Truncated files raise BadImage instead of decoding half an image.
+
+    ``max_side``: the caller shrinks the result to fit that side next. JPEGs then decode at the smallest of
+    1/1, 1/2, 1/4, 1/8 scale (libjpeg's DCT scaling) that still covers it: a fraction of the time and memory,
+    so the result is at least that size but not yet shrunk. ``max_pixels``: the most pixels it may decode to
+    (at that scale), checked from the header before anything is decoded (TooLarge).
     """
-    probe(data)
+    width, height, _ = probe(data)
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if max_side and max(width, height) > max_side:
+                # Only the longer side bounds the scale: it reaches max_side last (the other side's 1 px asks for
+                # nothing), and the scaled size is rounded up.
+                im.draft(None, (max_side, 1) if width >= height else (1, max_side))
+            if im.width * im.height > max_pixels:
+                at = f" (decoding at {im.width}x{im.height})" if im.size != (width, height) else ""
+                raise TooLarge(f"{width}x{height}{at} is over the limit of {max_pixels} pixels")
             im.load()
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                rgba = im.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                im_rgb = Image.alpha_composite(background, rgba).convert("RGB")
+                rgba = im if im.mode == "RGBA" else im.convert("RGBA")
+                im_rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
             else:
-                im_rgb = im.convert("RGB")
+                im_rgb = im if im.mode == "RGB" else im.convert("RGB")  # no copy of what is RGB already
             return np.asarray(im_rgb, dtype=np.uint8)
     except BadImage:
         raise

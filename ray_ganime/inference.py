@@ -19,7 +19,7 @@ import torch
 
 from ray_ganime import export, preview, storage, transforms
 
-__all__ = ["Generator", "pick_device", "pick_precision"]
+__all__ = ["Generator", "check_servable", "pick_device", "pick_precision", "scan_servable"]
 
 GRID_PAD = 2  # px of white between the images of a noise grid
 
@@ -52,25 +52,47 @@ def pick_precision(precision: str, device: torch.device) -> torch.dtype:
     return getattr(torch, precision)
 
 
+def check_servable(meta: dict) -> None:
+    """PackageError unless this code can serve the package whose model.json is ``meta``: RGB in [-1, 1] out
+    (and in, for image-to-image models), a kind it knows."""
+    if meta.get("kind") not in (export.IMAGE_TO_IMAGE, export.NOISE):
+        raise export.PackageError(f"serving runs image-to-image and noise models, not {meta.get('kind')!r} ones")
+    for side in ("input", "output"):
+        spec = meta.get(side) or {}
+        if side == "output" or meta["kind"] == export.IMAGE_TO_IMAGE:
+            if spec.get("channels") != 3 or list(spec.get("value_range", ())) != [-1.0, 1.0]:
+                raise export.PackageError(f"serving needs RGB in [-1, 1]; the {side} is {spec.get('channels')} "
+                                          f"channels in {spec.get('value_range')}")
+
+
+def scan_servable(store_uri: str, options: storage.StoreOptions | None = None,
+                  max_parameters: int | None = None) -> export.Listing:
+    """``export.scan_packages``, with the packages that fail ``check_servable`` moved to ``broken``."""
+    listing = export.scan_packages(store_uri, options, max_parameters)
+    packages, broken = [], list(listing.broken)
+    for meta in listing.packages:
+        try:
+            check_servable(meta)
+            packages.append(meta)
+        except export.PackageError as e:
+            broken.append({"name": meta["uri"].rstrip("/").rsplit("/", 1)[-1], "uri": meta["uri"], "reason": str(e)})
+    return export.Listing(packages, sorted(broken, key=lambda b: b["name"]))
+
+
 class Generator:
     """A loaded model package. ``meta`` is its model.json (plus ``uri``). ``precision``: see the module's doc."""
 
     def __init__(self, model: torch.nn.Module, meta: dict, device: torch.device, precision: str = "auto") -> None:
-        for side in ("input", "output"):
-            spec = meta[side]
-            if side == "output" or meta["kind"] == export.IMAGE_TO_IMAGE:
-                if spec.get("channels") != 3 or list(spec.get("value_range", ())) != [-1.0, 1.0]:
-                    raise export.PackageError(f"{meta['name']}: serving needs RGB in [-1, 1]; the {side} is "
-                                              f"{spec.get('channels')} channels in {spec.get('value_range')}")
+        check_servable(meta)
         self.model, self.meta, self.device = model, meta, device
         self.dtype = pick_precision(precision, device)
         self.model.to(memory_format=torch.channels_last)  # changes only 4-D (convolution) weights
 
     @classmethod
     def load(cls, uri: str, device: str = "auto", options: storage.StoreOptions | None = None,
-             precision: str = "auto") -> "Generator":
+             precision: str = "auto", max_parameters: int | None = None) -> "Generator":
         device = pick_device(device)
-        model, meta = export.load_package(uri, device, options)
+        model, meta = export.load_package(uri, device, options, max_parameters)
         return cls(model, meta, device, precision)
 
     @property

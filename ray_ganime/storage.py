@@ -31,6 +31,11 @@ from fsspec.implementations.local import LocalFileSystem
 
 SUPPORTED_SCHEMES = ("s3://", "file://")
 DEFAULT_MAX_ATTEMPTS = 10
+# An endpoint that refuses connections, or does not answer them within CONNECT_TIMEOUT_S, fails a request
+# after CONNECT_ATTEMPTS attempts: a dead store is an error within seconds instead of minutes of back-off.
+# Throttling and 5xx answers keep max_attempts.
+CONNECT_ATTEMPTS = 2
+CONNECT_TIMEOUT_S = 3.0
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -111,6 +116,19 @@ def join(uri: str, *parts: str) -> str:
     return os.path.normpath(os.path.join(base, *rel))
 
 
+# One folder name on every store (run, sweep, trial, data set, model): no separators, no '..', no leading
+# dot (hidden and temporary files), no control characters, nothing a filesystem or S3 treats specially.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # \Z: "$" would let a final "\n" in
+
+
+def check_name(name: str, what: str, error: type[ValueError] = ValueError) -> str:
+    """``name`` if it is one safe folder name, else ``error`` naming ``what`` ("run name", ...)."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise error(f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' (at most 128 characters, "
+                    f"starting with a letter or digit)")
+    return name
+
+
 # ------------------------------------------------------------------------------------------ filesystems
 
 
@@ -158,6 +176,26 @@ def _make_arrow_s3(kwargs: dict) -> _S3ArrowFileSystem:
     return _S3ArrowFileSystem(**kwargs)
 
 
+class _S3FileSystem(s3fs.S3FileSystem):
+    """s3fs whose botocore client stops retrying a connection error after CONNECT_ATTEMPTS attempts. botocore's
+    retry modes count every error alike: a smaller max_attempts would also cut the retries of throttling."""
+
+    async def set_session(self, refresh=False, kwargs={}):  # noqa: B006 (s3fs's signature)
+        client = await super().set_session(refresh, kwargs)
+        # First, so that it answers before botocore's own retry handler; once per client (unique_id).
+        client.meta.events.register_first("needs-retry.s3", _stop_connection_retries,
+                                          unique_id="ganime-connect-attempts")
+        return client
+
+
+def _stop_connection_retries(attempts: int, caught_exception: BaseException | None = None, **_) -> bool | None:
+    """A needs-retry handler: False (no retry) once a connection error has had its attempts; None leaves
+    the decision to botocore's retry mode."""
+    if isinstance(caught_exception, botocore.exceptions.ConnectionError) and attempts >= CONNECT_ATTEMPTS:
+        return False
+    return None
+
+
 def _credentials_key() -> str:
     # Part of the cache key so that changed credentials (tests, re-login) get a fresh client; hashed so
     # that secrets never sit in the key in clear text.
@@ -177,11 +215,12 @@ def _s3_filesystems(settings: _S3Settings) -> tuple[s3fs.S3FileSystem, pafs.S3Fi
             kwargs: dict[str, Any] = {}
             if settings.endpoint_url:
                 kwargs["endpoint_url"] = settings.endpoint_url
-            fs = s3fs.S3FileSystem(
+            fs = _S3FileSystem(
                 client_kwargs={"region_name": settings.region},
-                # botocore retries throttling, 5xx and connection errors itself; a fresh dict because
-                # botocore rewrites it in place.
-                config_kwargs={"retries": {"max_attempts": settings.max_attempts, "mode": "adaptive"}},
+                # botocore retries throttling, 5xx and (CONNECT_ATTEMPTS times) connection errors itself; a
+                # fresh dict because botocore rewrites it in place.
+                config_kwargs={"retries": {"max_attempts": settings.max_attempts, "mode": "adaptive"},
+                               "connect_timeout": CONNECT_TIMEOUT_S},
                 # Other processes (Ray workers, pyarrow writers) change the bucket: never answer from a
                 # stale listing.
                 use_listings_cache=False,
@@ -190,7 +229,9 @@ def _s3_filesystems(settings: _S3Settings) -> tuple[s3fs.S3FileSystem, pafs.S3Fi
             )
             pa_kwargs: dict[str, Any] = {
                 "region": settings.region,
+                # pyarrow's strategies count every error alike: only the connect timeout is shorter here.
                 "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=settings.max_attempts),
+                "connect_timeout": CONNECT_TIMEOUT_S,
             }
             if settings.endpoint_url:
                 parsed = urllib.parse.urlsplit(settings.endpoint_url)

@@ -1,15 +1,16 @@
 """The training engine: any registered recipe on Ray Train (DDP over N workers, CPU or GPU).
 
 Per run, under <store>/runs/<run_name>/:
-    checkpoint_*/        Ray Train checkpoints: state.pt (nets, optimisers, schedulers, epoch, step,
-                         RNG states, config) + meta.json; a checkpoint is registered only once uploaded
+    checkpoint_epoch_NNNN/   Ray Train checkpoints (ray_ganime.checkpoints: state.pt, and meta.json with
+                             its size and sha256); a checkpoint is registered only once uploaded
     samples/epoch_NNNN.png   input | output | target grids of fixed test examples
     tensorboard/         TensorBoard scalars (every loss term, images/s, epoch time, LR)
     metrics.jsonl        one JSON line per epoch
     config.yaml          the full config the run was started with
 
 Re-running with the same run name continues at the next epoch with the same LR schedule and RNG
-state; ``train.resume_from`` starts from any checkpoint folder instead.
+state, from the newest checkpoint that passes its check (newer ones that fail are skipped with a warning);
+``train.resume_from`` starts a new run from any checkpoint folder instead.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import shutil
 import tempfile
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,13 +28,13 @@ import numpy as np
 import torch
 import yaml
 
-from ray_ganime import images, preview, shards, storage, transforms
+from ray_ganime import checkpoints, images, preview, shards, storage, transforms
 from ray_ganime.config import Config
 from ray_ganime.data import DecodeStage, ShardData
 from ray_ganime.recipes import recipe_class
 
-STATE_FILE = "state.pt"
-META_FILE = "meta.json"
+# Ray Train V2's record of a run's registered checkpoints, in the run folder: get_checkpoint() offers its newest.
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
 # ------------------------------------------------------------------------------------ run locations
@@ -66,45 +68,50 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(folder: Path, recipe, cfg: Config, epoch: int, global_step: int, metrics: dict) -> None:
-    torch.save({"recipe": recipe.state_dict(), "epoch": epoch, "global_step": global_step, "rng": rng_state(),
-                "config": cfg.model_dump(mode="json")}, folder / STATE_FILE)
-    meta = {"recipe": cfg.recipe, "epoch": epoch, "global_step": global_step, "metrics": metrics,
-            "config": cfg.model_dump(mode="json")}
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
+    checkpoints.write(folder, {"recipe": recipe.state_dict(), "epoch": epoch, "global_step": global_step,
+                               "rng": rng_state(), "config": cfg.model_dump(mode="json")},
+                      {"recipe": cfg.recipe, "epoch": epoch, "global_step": global_step, "metrics": metrics,
+                       "config": cfg.model_dump(mode="json")})
 
 
-def load_state(folder: str | Path) -> dict:
-    """A checkpoint's state.pt, without pickle (weights_only)."""
-    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+def resume_point(run_uri: str, resume_from: str | None, options: storage.StoreOptions | None) -> dict | None:
+    """Where a fit starts ({"uri", "epoch"}; None: at epoch 1): the run's newest checkpoint that passes its
+    check, else ``resume_from``. Newer ones that fail are skipped with a warning naming each, and dropped
+    from Ray Train's record of the run. A run with checkpoints but none usable: CheckpointError."""
+    newest = checkpoints.newest_valid(run_uri, options)
+    for error in newest.skipped:
+        warnings.warn(f"skipping checkpoint {error}; resuming from {newest.uri}", UserWarning, stacklevel=2)
+    _forget_in_ray(run_uri, {e.uri for e in newest.skipped}, options)
+    if newest.uri:
+        return {"uri": newest.uri, "epoch": newest.meta["epoch"]}
+    if resume_from:
+        return {"uri": storage.join(resume_from), "epoch": checkpoints.verify(resume_from, options)["epoch"]}
+    return None
 
 
-def fetch_checkpoint(uri: str, options: storage.StoreOptions | None = None) -> Path:
-    """A local folder holding the checkpoint at ``uri`` (downloaded first when it is remote)."""
-    if not storage.is_remote(uri):
-        folder = Path(storage.join(uri))
-        if not (folder / STATE_FILE).exists():
-            raise FileNotFoundError(f"{uri}: not a ray-ganime checkpoint (no {STATE_FILE})")
-        return folder
-    local = Path(tempfile.mkdtemp(prefix="ganime-ckpt-"))
-    storage.download(uri, str(local), options)
-    if not (local / STATE_FILE).exists():
-        raise FileNotFoundError(f"{uri}: not a ray-ganime checkpoint (no {STATE_FILE})")
-    return local
+def _forget_in_ray(run_uri: str, skipped: set[str], options: storage.StoreOptions | None) -> None:
+    """Drop the skipped checkpoints, and any whose folder is gone, from Ray Train's record of the run. Else
+    get_checkpoint() would offer a skipped one, Ray would refuse to start over a missing one, and an epoch
+    trained again into a skipped one's folder would be registered twice (keep_checkpoints, deleting the
+    older entry, would then delete the new checkpoint)."""
+    path = storage.join(run_uri, RAY_SNAPSHOT)
+    if not storage.exists(path, options):
+        return
+    usable = {_name(u) for u in checkpoints.run_checkpoints(run_uri, options)} - {_name(u) for u in skipped}
+    snapshot = storage.read_json(path, options)
+    results = snapshot["checkpoint_results"]
+    keep = [i for i, r in enumerate(results) if r["checkpoint_dir_name"] in usable]
+    if len(keep) < len(results):
+        # In registration order (there is no checkpoint_score_attribute), so the last kept is the latest. No
+        # pending validations to drop: ray-ganime reports none.
+        snapshot["checkpoint_results"] = [results[i] for i in keep]
+        snapshot["checkpoint_report_indices"] = [snapshot["checkpoint_report_indices"][i] for i in keep]
+        snapshot["latest_checkpoint_result"] = snapshot["checkpoint_results"][-1] if keep else None
+        storage.write_json(path, snapshot, options)
 
 
-def load_generator(uri: str, device: str = "cpu", options: storage.StoreOptions | None = None):
-    """(generator in eval mode, checkpoint meta) from a checkpoint folder, local or s3://."""
-    folder = fetch_checkpoint(uri, options)
-    try:
-        state = load_state(folder)
-        meta = json.loads((folder / META_FILE).read_text())
-    finally:
-        if storage.is_remote(uri):
-            shutil.rmtree(folder, ignore_errors=True)
-    cfg = Config.model_validate(state["config"])
-    recipe = recipe_class(cfg.recipe)(cfg, device)
-    recipe.load_state_dict(state["recipe"], nets_only=True)
-    return recipe.generator().eval(), {**meta, "checkpoint": uri}
+def _name(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
 # ------------------------------------------------------------------------------------ the worker loop
@@ -118,8 +125,8 @@ def _decoded_rows(data: ShardData, split: str, n: int) -> dict[str, np.ndarray]:
 
 
 def _fixed_sample_batch(data: ShardData, n: int = 8) -> dict[str, torch.Tensor]:
-    """The same few test examples every epoch, for the sample grids."""
-    decoded = _decoded_rows(data, "test" if data.count("test") else "train", n)
+    """The same few held-out examples every epoch, for the sample grids."""
+    decoded = _decoded_rows(data, shards.held_out_split(data.manifest) or "train", n)
     return {c: transforms.to_tensor(decoded[c]) for c in data.columns}
 
 
@@ -131,7 +138,7 @@ class Validator:
     an exact resume, is untouched."""
 
     def __init__(self, data: ShardData, cfg: Config, recipe, device: torch.device):
-        self.split = "val" if data.count("val") else cfg.eval.split
+        self.split = "val" if data.count("val") else data.held_out_split(cfg.eval.split)
         decoded = _decoded_rows(data, self.split, cfg.eval.val_images)
         self.inputs, self.targets = decoded[recipe.input_column], decoded[recipe.target_column]
         if len(self.inputs) < 2:
@@ -230,6 +237,19 @@ class RunLog:
         storage.write_bytes(storage.join(self.uri, "samples", f"epoch_{epoch:04d}.png"), png, self.options)
 
 
+def _start_state(loop_config: dict, options: storage.StoreOptions | None) -> dict | None:
+    """The state a worker starts from: the driver's ``resume_point``, unless Ray restarts the workers after a
+    failure and has registered a newer checkpoint of this fit since."""
+    import ray.train
+
+    resume, registered = loop_config["resume"], ray.train.get_checkpoint()
+    if registered is not None:
+        uri = storage.join(loop_config["run_uri"], _name(registered.path))
+        if resume is None or checkpoints.epoch_of(uri) > resume["epoch"]:
+            return checkpoints.load(uri, options)[0]
+    return checkpoints.load(resume["uri"], options)[0] if resume else None
+
+
 def train_loop(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
@@ -252,13 +272,8 @@ def train_loop(loop_config: dict) -> None:
         torch.manual_seed(cfg.train.seed + rank)  # but each rank its own dropout masks
 
     start_epoch, step = 0, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None or cfg.train.resume_from:
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                state = load_state(folder)
-        else:
-            state = load_state(fetch_checkpoint(cfg.train.resume_from, options))
+    state = _start_state(loop_config, options)
+    if state is not None:
         recipe.load_state_dict(state["recipe"])
         start_epoch, step = state["epoch"], state["global_step"]
         if rank == 0:
@@ -310,7 +325,7 @@ def train_loop(loop_config: dict) -> None:
                 if rank == 0:
                     save_checkpoint(Path(folder), recipe, cfg, epoch + 1, step, metrics)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None,
-                                 checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}")
+                                 checkpoint_dir_name=checkpoints.folder_name(epoch + 1))
         else:
             ray.train.report(metrics)
         if epoch + 1 == cfg.train.stop_after:
@@ -335,11 +350,11 @@ def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
 
     from ray_ganime.runtime import init_ray
 
-    init_ray()
     recipe_cls = recipe_class(cfg.recipe)
     recipe_cls.validate(recipe_cls.ModelOptions, cfg.model, "model")  # fail before any worker starts
     recipe_cls.validate(recipe_cls.LossOptions, cfg.loss, "loss")
-    data = ShardData.from_config(cfg)
+    options = cfg.store.options()
+    data = ShardData.from_config(cfg)  # the store's first use: an unreachable one fails here, before Ray starts
     if data.kind != recipe_cls.task:
         raise ValueError(f"recipe {cfg.recipe} trains on {recipe_cls.task} data, but {data.uri} is {data.kind}")
     if run_uri is not None:
@@ -348,19 +363,22 @@ def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
         name = run_name(cfg)
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"run_name": name})})
     uri = run_uri or default_run_uri(cfg, name)
-    storage.check_writable(uri, cfg.store.options())
+    storage.check_writable(uri, options)
+    resume = resume_point(uri, cfg.train.resume_from, options)
     storage.write_bytes(storage.join(uri, "config.yaml"),
-                        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode(), cfg.store.options())
+                        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode(), options)
+
+    init_ray()
 
     use_gpu = cfg.train.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
-    runs = storage.resolve(uri.rstrip("/").rsplit("/", 1)[0], cfg.store.options())
+    runs = storage.resolve(uri.rstrip("/").rsplit("/", 1)[0], options)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": uri, "dataset_uri": data.uri,
-                           "checkpoint_epochs": list(checkpoint_epochs)},
+                           "resume": resume, "checkpoint_epochs": list(checkpoint_epochs)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -377,8 +395,4 @@ def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
     if skipped:
         print(f"skipped {skipped} rows that did not decode, e.g. {reasons[:3]}")
     return {"run": uri, "name": name, "metrics": dict(result.metrics or {}), "skipped_rows": skipped,
-            "checkpoint": _checkpoint_uri(cfg, checkpoint.path) if checkpoint else None}
-
-
-def _checkpoint_uri(cfg: Config, path: str) -> str:
-    return f"s3://{path}" if storage.is_remote(cfg.store.uri) else path
+            "checkpoint": checkpoints.uri_of(cfg.store.uri, checkpoint.path) if checkpoint else None}

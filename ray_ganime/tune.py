@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from ray_ganime import storage
+from ray_ganime import checkpoints, storage
 from ray_ganime.config import SEARCH_KINDS, Config, ConfigError, from_tree, search_dimensions, set_path
 
 SWEEP_FILE = "sweep.yaml"
@@ -151,7 +151,8 @@ def flat_params(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def trial_dirname(trial) -> str:
-    return trial.trial_id
+    # Tune makes trial ids; checked all the same, as they become folders next to the user's runs.
+    return storage.check_name(trial.trial_id, "trial name")
 
 
 def run_trial(params: dict, base: dict, sweep_uri: str, rungs: tuple[int, ...] = ()) -> None:
@@ -164,7 +165,7 @@ def run_trial(params: dict, base: dict, sweep_uri: str, rungs: tuple[int, ...] =
     from ray_ganime import train
 
     cfg = from_tree(apply_params(base, flat_params(params)))
-    trial_id = tune.get_context().get_trial_id()
+    trial_id = storage.check_name(tune.get_context().get_trial_id(), "trial name")
     train.fit(cfg, run_uri=storage.join(sweep_uri, "runs", trial_id), callbacks=(TuneReportCallback(),),
               checkpoint_epochs=rungs)
 
@@ -187,7 +188,7 @@ def default_concurrency(cfg: Config) -> int:
 
 
 def sweep_uri(store_uri: str, name: str) -> str:
-    return storage.join(store_uri, "sweeps", name)
+    return storage.join(store_uri, "sweeps", storage.check_name(name, "sweep name"))
 
 
 def run(tree: dict, resume: str | None = None) -> dict:
@@ -306,8 +307,8 @@ def trial_rows(grid, cfg: Config, uri: str, keys: list[str]) -> list[dict]:
         history = [h for h in _history(run, cfg.store.options()) if h["epoch"] <= reported]
         last = history[-1] if history else {}
         epochs = int(last.get("epoch", 0))
-        checkpoints = result.metrics_dataframe.get("checkpoint_path") if result.metrics_dataframe is not None else None
-        checkpoint = next((p for p in reversed(list(checkpoints.dropna())) if p), None) if checkpoints is not None else None
+        paths = result.metrics_dataframe.get("checkpoint_path") if result.metrics_dataframe is not None else None
+        checkpoint = next((p for p in reversed(list(paths.dropna())) if p), None) if paths is not None else None
         config = flat_params(result.config)
         rows.append({
             "trial": trial_id, **{k: config.get(k) for k in keys},
@@ -315,7 +316,7 @@ def trial_rows(grid, cfg: Config, uri: str, keys: list[str]) -> list[dict]:
             **{m: last.get(m) for m in ("val_ssim", "val_l1", "val_fid") if m in last},
             "epochs": epochs,
             "status": "error" if result.error else ("stopped early" if epochs < cfg.train.epochs else "completed"),
-            "checkpoint": _checkpoint_uri(cfg, checkpoint) if checkpoint else None,
+            "checkpoint": checkpoints.uri_of(cfg.store.uri, checkpoint) if checkpoint else None,
             "run": run, "history": [(h["epoch"], h.get(cfg.tune.metric)) for h in history],
         })
     return sorted(rows, key=lambda r: r["trial"])
@@ -326,10 +327,6 @@ def _history(run: str, options) -> list[dict]:
     if not storage.exists(path, options):
         return []
     return [json.loads(line) for line in storage.read_bytes(path, options).decode().splitlines() if line]
-
-
-def _checkpoint_uri(cfg: Config, path: str) -> str:
-    return f"s3://{path}" if storage.is_remote(cfg.store.uri) and not path.startswith("s3://") else path
 
 
 def _fmt(value) -> str:

@@ -203,3 +203,67 @@ def ray_start_head(log_dir: Path, num_cpus: int = 2, timeout_s: float = 90.0,
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ `ganime serve` as a subprocess, and what it runs
+
+GANIME = Path(sys.executable).parent / "ganime"
+
+
+def start_ganime_serve(store: Path, port: int, log: Path, *args: str) -> subprocess.Popen:
+    """``ganime serve`` on its own Ray, in a process group of its own (so a test can signal the group the way a
+    terminal's Ctrl-C or systemd does), without a token; output to ``log``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "GANIME_SERVE_TOKEN")}
+    with open(log, "ab") as out:
+        return subprocess.Popen([str(GANIME), "serve", "--store", str(store), "--port", str(port), *args],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def wait_for_serving(proc: subprocess.Popen, log: Path, timeout_s: float = 300) -> str:
+    """Until ``ganime serve`` says it serves (its app is up); returns that line."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = [line for line in tail(log, 100_000).splitlines() if line.startswith("serving the models")]
+        if lines:
+            return lines[-1]
+        if proc.poll() is not None:
+            raise RuntimeError(f"ganime serve exited with {proc.returncode}:\n{tail(log)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ganime serve did not come up within {timeout_s:.0f} s:\n{tail(log)}")
+        time.sleep(0.5)
+
+
+def command_line(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def listening_sockets(pids: list[int]) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of every listening TCP socket that one of ``pids`` holds (Linux /proc: the sockets'
+    inodes in /proc/net/tcp{,6}, matched to each process's open files)."""
+    listening: dict[str, tuple[str, int]] = {}
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path("/proc/net", table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)  # in 32-bit words of host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            listening[fields[9]] = (socket.inet_ntop(family, raw), int(port, 16))
+    found = []
+    for pid in pids:
+        try:
+            fds = list((Path("/proc") / str(pid) / "fd").iterdir())
+        except OSError:  # gone meanwhile
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(fd)
+            except OSError:  # closed meanwhile
+                continue
+            if link.startswith("socket:[") and link[8:-1] in listening:
+                found.append((pid, *listening[link[8:-1]]))
+    return found

@@ -58,3 +58,83 @@ def make_packages(store: str) -> dict[str, str]:
 def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     """Seeded uniform-noise uint8 RGB (height, width, 3): every pixel matters to the generator's output."""
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------------ a Gateway in this process
+
+
+async def asgi_request(app, method: str, path: str, body: bytes = b"",
+                       headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """(status, headers with lower-case names, body) of one HTTP request sent straight into an ASGI app."""
+    import asyncio
+
+    path, _, query = path.partition("?")
+    fields = {"host": "testserver", "content-length": str(len(body)), **(headers or {})}
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": query.encode(),
+             "headers": [(k.lower().encode(), str(v).encode()) for k, v in fields.items()],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80)}
+    started, chunks, done = {}, [], asyncio.Event()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop()
+        await done.wait()  # the client stays connected until the answer is complete
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            started.update(message)
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                done.set()
+
+    try:
+        await app(scope, receive, send)
+    except Exception:  # Starlette re-raises a server error after answering it (for the server's log)
+        if not done.is_set():
+            raise
+    return started["status"], {k.decode().lower(): v.decode() for k, v in started["headers"]}, b"".join(chunks)
+
+
+class LocalGateway:
+    """A Gateway replica's app in this process without Ray (``serve.colocate``: the generators run here too), on
+    an event loop of its own. Serve gives the routes and the token gate their Gateway through the replica
+    context; ``request`` makes this Gateway that context while the request runs: the one part of a replica
+    that is not Serve's own here."""
+
+    def __init__(self, config: dict, env: dict | None = None) -> None:
+        import asyncio
+        import os
+        from unittest import mock
+
+        from ray_ganime.serve import Gateway
+
+        class Replica(Gateway.func_or_class):  # serve.ingress's subclass: its async __init__ also builds the app
+            def __del__(self) -> None:  # Serve awaits the ASGI shutdown in its own __del__; nothing to shut here
+                pass
+
+        self.loop = asyncio.new_event_loop()
+        self.gateway = Replica.__new__(Replica)
+        with mock.patch.dict(os.environ, env or {}):  # the replica reads its token from its environment
+            self.loop.run_until_complete(Replica.__init__(self.gateway, None, {**config, "serve": {
+                **config.get("serve", {}), "colocate": True}}))
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict | None = None,
+                ) -> tuple[int, dict, bytes]:
+        import types
+        from unittest import mock
+
+        context = types.SimpleNamespace(servable_object=self.gateway)
+        with mock.patch("ray.serve.get_replica_context", lambda: context):
+            return self.loop.run_until_complete(asgi_request(self.gateway.app, method, path, body, headers))
+
+    def close(self) -> None:
+        import asyncio
+
+        for task in asyncio.all_tasks(self.loop):  # the batcher's worker, when something was generated
+            task.cancel()
+        self.loop.run_until_complete(asyncio.sleep(0))
+        self.loop.close()

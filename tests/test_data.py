@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ray_ganime import images, shards
+from torch import nn
+
+from ray_ganime import evaluate, images, shards, storage
 from ray_ganime.config import DataConfig
 from ray_ganime.data import ShardData, zip_domains
 
@@ -14,12 +16,12 @@ pytestmark = pytest.mark.ray
 SIZE = 32
 
 
-def write_pairs(dest: str, n: int = 24, corrupt: int = 0) -> None:
+def write_pairs(dest: str, n: int = 24, corrupt: int = 0, held_out: str = "test", shard_bytes: int = 128 << 20) -> None:
     """Pairs whose colour is the exact negative of the sketch, so alignment is checkable pixel by pixel."""
-    with shards.ShardWriter(dest, "paired") as w:
+    with shards.ShardWriter(dest, "paired", shard_bytes=shard_bytes) as w:
         for i in range(n):
             sketch = np.random.default_rng(i).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-            w.write({"id": f"p{i:03d}", "split": "train" if i % 4 else "test", "width": SIZE, "height": SIZE,
+            w.write({"id": f"p{i:03d}", "split": "train" if i % 4 else held_out, "width": SIZE, "height": SIZE,
                      "source": "test", "sketch": images.encode_png(sketch), "color": images.encode_png(255 - sketch)})
         for i in range(corrupt):  # rows that got past ingest broken (e.g. written by another tool)
             w.write({"id": f"bad{i}", "split": "train", "width": SIZE, "height": SIZE, "source": "test",
@@ -117,3 +119,33 @@ def test_streams_from_s3(s3_bucket, ray_session):
     data = ShardData(uri, cfg(batch_size=2))
     batches = epoch(data, 0)
     assert sum(len(b["id"]) for b in batches) == 6
+
+
+def test_a_damaged_shard_is_named_before_ray_reads_it(tmp_path, ray_session):
+    uri = str(tmp_path / "pairs")
+    write_pairs(uri, n=16, shard_bytes=4 * len(images.encode_png(np.zeros((SIZE, SIZE, 3), np.uint8))))
+    train = [s["path"] for s in shards.read_manifest(uri)["shards"] if s["path"].startswith("train/")]
+    assert len(train) >= 2  # Ray Data inspects only the first file itself; the damage is in a later one
+    shard = tmp_path / "pairs" / train[-1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    data = ShardData(uri, cfg())
+    with pytest.raises(storage.StorageError, match="truncated or replaced") as caught:
+        epoch(data, 0)
+    assert str(caught.value).startswith(f"{shard}: shard is ") and "\n" not in str(caught.value)
+    shard.unlink()
+    with pytest.raises(storage.StorageError, match=f"^{shard}: shard listed in manifest.json is missing"):
+        data.dataset("train")
+
+
+@pytest.mark.filterwarnings("ignore:FID computed from only:UserWarning", "ignore:RANDOM-INIT INCEPTION:UserWarning")
+def test_evaluation_without_a_test_split_uses_val(tmp_path, ray_session):
+    uri = str(tmp_path / "train-val")
+    write_pairs(uri, n=12, held_out="val")  # p000, p004, p008 are val: as the anime sketch pairs ship
+    data = ShardData(uri, cfg(crop_size=SIZE))
+    assert data.held_out_split() == "val" and data.held_out_split("train") == "train"
+    result = evaluate.evaluate_generator(nn.Identity(), data, input_column="sketch", target_column="sketch",
+                                         fid_weights="random", batch_size=4)
+    assert result["split"] == "val" and result["num_images"] == 3
+    write_pairs(str(tmp_path / "train-only"), n=4, held_out="train")
+    with pytest.raises(ValueError, match="no held-out split"):
+        ShardData(str(tmp_path / "train-only"), cfg()).held_out_split()

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from ray_ganime import export, storage, train
+from ray_ganime import checkpoints, export, storage, train
 from ray_ganime.cli import main
 from ray_ganime.config import load_config
 from ray_ganime.recipes import recipe_class
@@ -73,7 +73,7 @@ def _images(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_package_gives_bitwise_the_checkpoint_generator(checkpoint, package):
-    reference, _ = train.load_generator(checkpoint)
+    reference, _ = checkpoints.load_generator(checkpoint)
     model, meta = export.load_package(package)
     assert not model.training and meta["uri"] == package
     x = _images(3, 3, SIZE, SIZE)
@@ -218,7 +218,7 @@ def test_s3_round_trip(checkpoint, s3_bucket):
     assert listed["uri"] == uri and listed["source_checkpoint"] == remote_ckpt
     assert listed["metrics"]["evaluation"]["fid_backbone"]["name"] == BACKBONE["name"]
     model, _ = export.load_package(uri)
-    reference, _ = train.load_generator(checkpoint)
+    reference, _ = checkpoints.load_generator(checkpoint)
     x = _images(2, 3, SIZE, SIZE, seed=3)
     with torch.no_grad():
         assert torch.equal(model(x), reference(x))

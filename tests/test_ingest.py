@@ -198,3 +198,59 @@ def test_decode_rgb_handles_modes_and_refuses_bombs():
     Image.new("1", (20000, 20000)).save(bomb, format="PNG")  # tiny file, 400 Mpx when decoded
     with pytest.raises(images.BadImage, match="pixel"):
         images.decode_rgb(bomb.getvalue())
+
+
+def _tree(src: Path, files: dict[str, int]) -> None:
+    """``files``: folder (relative to src) -> how many distinct PNGs to put in it."""
+    for folder, n in files.items():
+        (src / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (src / folder / f"{i}.png").write_bytes(png(sum(map(ord, folder)) * 100 + i, 24, 16))
+
+
+def _ids(folder: str, n: int) -> set[str]:
+    return {f"{folder}/{i}" for i in range(n)}
+
+
+@pytest.mark.parametrize("layout, files, counts, val_ids, ignored", [
+    # the anime sketch colourisation pairs ship data/train/ and data/val/
+    ("paired-concat", {"train": 5, "val": 3, "extras": 2}, {"train": 5, "val": 3}, _ids("val", 3),
+     ["extras/", "notes.txt"]),
+    ("folder", {"train/cat": 4, "validation/cat": 2, "test/cat": 1, "misc": 1},
+     {"train": 4, "val": 2, "test": 1}, _ids("validation/cat", 2), ["misc/", "notes.txt"]),
+    ("paired-dirs", {"A/train": 4, "B/train": 4, "A/valid": 3, "B/valid": 3, "C": 1},
+     {"train": 4, "val": 3}, _ids("valid", 3), ["C/", "notes.txt"]),
+    ("unpaired", {"trainA": 4, "trainB": 3, "valA": 2, "valB": 2, "testA": 1, "A": 5},
+     {"train/A": 4, "train/B": 3, "val/A": 2, "val/B": 2, "test/A": 1}, _ids("valA", 2) | _ids("valB", 2),
+     ["A/", "notes.txt"]),
+])
+def test_val_folders_are_kept_and_unread_folders_reported(tmp_path, layout, files, counts, val_ids, ignored):
+    src = tmp_path / "data"
+    _tree(src, files)
+    (src / "notes.txt").write_text("not part of any split")
+    manifest = ingest(layout, src, str(tmp_path / "ds"), progress=False)
+
+    assert manifest["counts"] == dict(sorted(counts.items())) and not manifest["skipped"]
+    assert {r["id"] for r in shards.read_rows(str(tmp_path / "ds"), split="val")} == val_ids  # every one kept
+    assert [e["path"] for e in manifest["ignored"]] == ignored
+    assert all(f"layout {layout} reads" in e["reason"] for e in manifest["ignored"])
+    assert shards.held_out_split(manifest) == ("test" if "test" in {k.split("/")[0] for k in counts} else "val")
+
+
+def test_ingest_summary_shows_val_and_what_was_ignored(tmp_path, capsys):
+    from ray_ganime.cli import main
+
+    src = tmp_path / "data"
+    _tree(src, {"train": 3, "val": 2, "extras": 1})
+    assert main(["data", "ingest", "--layout", "paired-concat", str(src), str(tmp_path / "ds")]) == 0
+    out = capsys.readouterr().out
+    assert "  val        2" in out and "ignored 1 entries" in out and "extras/: not read" in out
+
+
+def test_held_out_split_prefers_test_then_val():
+    counts = lambda **c: {"counts": c}
+    assert shards.held_out_split(counts(train=5, val=2, test=1)) == "test"
+    assert shards.held_out_split(counts(train=5, val=2)) == "val"
+    assert shards.held_out_split({"counts": {"train/A": 3, "val/A": 1, "val/B": 1}}) == "val"
+    assert shards.held_out_split(counts(train=5)) is None
+    assert shards.held_out_split(counts(train=5, val=2, test=1), prefer=("val", "test")) == "val"

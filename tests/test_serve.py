@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import http.client
+import inspect
 import io
 import json
 import struct
@@ -27,7 +28,7 @@ from PIL import Image
 from serving import random_image
 
 from ray_ganime import export, images, inference
-from ray_ganime.serve import MISS_RELIST_S, Gateway, Generators, build_app, model_summary, preferred_media
+from ray_ganime.serve import APP_NAME, MISS_RELIST_S, Gateway, Generators, build_app, model_summary, preferred_media
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -74,9 +75,11 @@ def assert_close(got: np.ndarray, expected: np.ndarray) -> None:
 # ------------------------------------------------------------------------------------------- endpoints
 
 
-def test_healthz_and_page_answer_without_a_token(served):
+def test_healthz_readyz_and_page_answer_without_a_token(served):
     status, _, body = call(served, "healthz", token=False)
     assert status == 200 and json.loads(body) == {"status": "ok"}
+    status, _, body = call(served, "readyz", token=False)
+    assert status == 200 and json.loads(body) == {"status": "ready"}
     status, headers, body = call(served, "", token=False)
     assert status == 200 and headers["content-type"].startswith("text/html") and b"<!doctype html" in body.lower()
 
@@ -201,6 +204,10 @@ def test_every_bad_request_gets_its_4xx_with_a_reason_and_the_server_goes_on(ser
     cases = [
         (401, call(served, path, png, {"Content-Type": "image/png"}, token=False), "Bearer"),
         (401, call(served, "v1/models", headers={"Authorization": "Bearer wrong"}, token=False), "Bearer"),
+        (401, call(served, path + "?max_side=abc", png, {"Content-Type": "image/png"}, token=False), "Bearer"),
+        (401, call(served, "openapi.json", token=False), "Bearer"),
+        (404, call(served, "no/such/route"), "/no/such/route"),
+        (405, call(served, path), "POST"),
         (404, call(served, "v1/models/no-such-model/generate", png, {"Content-Type": "image/png"}), "no-such-model"),
         (400, call(served, path, b"", {"Content-Type": "image/png"}), "empty"),
         (400, call(served, path, b"this is not an image", {"Content-Type": "image/png"}), "not an image"),
@@ -222,6 +229,8 @@ def test_every_bad_request_gets_its_4xx_with_a_reason_and_the_server_goes_on(ser
         assert status == expected, (expected, status, body[:300])
         assert headers["content-type"] == "application/json" and word in reason(body), (expected, body[:300])
     assert cases[0][1][1]["www-authenticate"] == "Bearer"
+    status, _, body = call(served, "openapi.json")
+    assert status == 200 and "/v1/models/{name}/generate" in json.loads(body)["paths"]
     # Still serving, and correctly.
     assert call(served, "healthz", token=False)[0] == 200
     image = random_image(20, 24, seed=9)
@@ -278,8 +287,8 @@ def test_unknown_model_names_relist_the_store_at_most_once_a_second(tmp_path, mo
 
     names = make_packages(str(tmp_path))
     listings = []
-    real_list = export.list_packages
-    monkeypatch.setattr(export, "list_packages", lambda *a: listings.append(1) or real_list(*a))
+    real_scan = export.scan_packages
+    monkeypatch.setattr(export, "scan_packages", lambda *a: listings.append(1) or real_scan(*a))
     gateway_class = Gateway.func_or_class.__mro__[1]  # the class under Serve's ingress wrapper
     gateway = gateway_class.__new__(gateway_class)
     gateway_class.__init__(gateway, None, {"store": {"uri": str(tmp_path)}})
@@ -305,6 +314,7 @@ def test_colocate_makes_one_deployment_that_has_the_generators_resources():
     split, one = (build_app({"store": {"uri": "/unused"}, "serve": {"colocate": colocate}})._bound_deployment
                   for colocate in (False, True))
     assert split.name == one.name == "Gateway"
+    assert len(inspect.signature(build_app).parameters) == 1  # `serve deploy` refuses builders of more or fewer
     assert split.init_args[0] is not None and split.ray_actor_options == {"num_cpus": 0.25}
     assert one.init_args[0] is None and one.ray_actor_options == Generators.ray_actor_options
 
@@ -314,8 +324,12 @@ def test_model_summary_leaves_the_training_config_out(tmp_path):
 
     names = make_packages(str(tmp_path))
     meta = export.package_meta(str(tmp_path / "models" / names["image_a"]))
+    meta["metrics"]["evaluation"] = {"fid": 12.5, "report": "/srv/ganime/runs/x/eval/metrics.json",
+                                     "checkpoint": "s3://bucket/runs/x/checkpoint_epoch_0005",
+                                     "fid_backbone": {"name": "pt_inception", "path": "/root/.cache/w.pth"}}
     summary = model_summary(names["image_a"], meta)
     assert "training" not in summary and summary["kind"] == "image-to-image"
+    assert summary["metrics"]["evaluation"] == {"fid": 12.5, "fid_backbone": {"name": "pt_inception"}}
 
 
 # ------------------------------------------------------------------------------------------- ganime serve
@@ -362,7 +376,7 @@ def test_ganime_serve_runs_the_same_app_locally(tmp_path, layout):
         while True:
             assert proc.poll() is None, log.read_text()[-3000:]
             if f"at {url}" in log.read_text():  # printed once the app is up
-                assert f"at {url}  ({layout};" in log.read_text()
+                assert f"at {url}  ({layout}, 2 replicas;" in log.read_text()
                 break
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(1)
@@ -391,10 +405,90 @@ def test_ganime_serve_runs_the_same_app_locally(tmp_path, layout):
     assert proc.returncode == 0, log.read_text()[-3000:]
 
 
-def test_a_corrupt_package_is_a_500_that_says_why(served, extra_package):
+def listed(served, name: str, timeout_s: float = 20) -> dict:
+    """GET /v1/models once it mentions ``name`` (its listing is cached for serve.models_cache_s)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, _, body = call(served, "v1/models")
+        assert status == 200, body
+        listing = json.loads(body)
+        if name in {m["name"] for m in listing["models"] + listing["broken"]} or time.monotonic() > deadline:
+            return listing
+        time.sleep(0.5)
+
+
+def test_a_package_whose_weights_fail_their_check_is_a_json_500_without_paths(served, extra_package):
     name = extra_package("corrupt", 11)
     weights = served.store / "models" / name / export.WEIGHTS
     weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
     status, headers, body = generate(served, name, random_image(16, 16))
     assert status == 500 and headers["content-type"] == "application/json" and "sha256" in reason(body)
+    assert str(served.store) not in body.decode() and reason(body).startswith(f"model {name!r} cannot be served")
+    listing = listed(served, name)  # reported as broken from now on, without loading it again
+    assert {"name": name, "reason": reason(body).split(": ", 1)[1]} in listing["broken"]
     assert call(served, "healthz", token=False)[0] == 200
+
+
+def test_a_broken_package_beside_good_ones_is_reported_and_the_rest_are_served(served, extra_package):
+    name = extra_package("no-kind", 12)
+    manifest = served.store / "models" / name / export.MANIFEST
+    meta = json.loads(manifest.read_text())
+    del meta["kind"]
+    manifest.write_text(json.dumps(meta))
+    listing = listed(served, name)
+    assert set(served.names.values()) <= {m["name"] for m in listing["models"]}
+    [broken] = [b for b in listing["broken"] if b["name"] == name]
+    assert "kind" in broken["reason"] and str(served.store) not in broken["reason"]
+    status, headers, body = generate(served, name, random_image(16, 16))
+    assert status == 500 and headers["content-type"] == "application/json" and "kind" in reason(body)
+    assert generate(served, served.names["image_a"], random_image(16, 16))[0] == 200
+
+
+def _replica_pids(served, deployment: str) -> list[int]:
+    """Processes of this cluster's replicas of ``deployment`` (other clusters may run the same app)."""
+    from pathlib import Path
+
+    pids = []
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            title = (process / "cmdline").read_bytes()
+            mine = f"GANIME_STORE={served.store}".encode() in (process / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if mine and f"ServeReplica:{APP_NAME}:{deployment}".encode() in title:
+            pids.append(int(process.name))
+    return pids
+
+
+def test_a_killed_generators_replica_costs_no_answer_that_is_not_json(served):
+    """Last in this module: Serve restarts the replica; what was in flight is retried once on the new one, or
+    answered 503 + Retry-After. Four clients keep asking until 200s come back, and a few seconds more."""
+    import os
+    import signal
+    import threading
+
+    [pid] = _replica_pids(served, "Generators")
+    name, answers, stop = served.names["image_b"], [], threading.Event()
+
+    def client(seed: int) -> None:
+        while not stop.is_set():
+            answers.append((time.monotonic(), *generate(served, name, random_image(24, 24, seed))))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for seed in range(4):
+            pool.submit(client, seed)
+        time.sleep(1)
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        deadline = killed_at + 90
+        while time.monotonic() < deadline and not any(t > killed_at + 1 and s == 200 for t, s, _, _ in answers):
+            time.sleep(0.2)
+        time.sleep(2)
+        stop.set()
+    statuses = [status for _, status, _, _ in answers]
+    assert any(t > killed_at + 1 and s == 200 for t, s, _, _ in answers), statuses  # serving again
+    for _, status, headers, body in answers:
+        assert status in (200, 503), (status, body[:300])
+        if status == 503:
+            assert headers["content-type"] == "application/json" and headers["retry-after"] and reason(body)
+    assert statuses.count(503) <= 4, statuses  # at most what was in flight when it died

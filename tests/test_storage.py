@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import pickle
 import socket
 import subprocess
 import sys
+import threading
 import time
+from typing import Iterator
 
 import boto3
 import botocore.exceptions
@@ -19,6 +22,8 @@ import pytest
 
 from ray_ganime import storage
 from ray_ganime.storage import StorageError, StoreOptions
+
+S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 # ------------------------------------------------------------------------------------- URIs and joining
 
@@ -396,24 +401,74 @@ def test_translate_client_error_codes(code, text):
         (" (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)" if text == "access denied" else "")
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(60)
 def test_unreachable_endpoint_fails_fast(monkeypatch):
+    """With the default 10 attempts (for throttling and 5xx), a refused connection still fails within seconds:
+    connection errors get CONNECT_ATTEMPTS. (Before, each call spent ~55 s backing off.)"""
+    for name, value in S3_TEST_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("GANIME_S3_MAX_ATTEMPTS", raising=False)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))  # bound but never listening: connections are refused, and no one else gets it
         endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        monkeypatch.setenv("GANIME_S3_MAX_ATTEMPTS", "1")
         opts = StoreOptions(endpoint_url=endpoint)
-        start = time.monotonic()
-        with pytest.raises(StorageError) as e:
-            storage.check_writable("s3://bucket/run", opts)
-        assert str(e.value) == f"s3://bucket/run: cannot reach S3 endpoint {endpoint}"
-        with pytest.raises(StorageError, match="cannot reach S3 endpoint"):
-            storage.read_bytes("s3://bucket/run/x", opts)
+        for call in (lambda: storage.check_writable("s3://bucket/run", opts),
+                     lambda: storage.read_bytes("s3://bucket/run", opts),
+                     lambda: storage.exists("s3://bucket/run", opts), lambda: storage.listdir("s3://bucket/run", opts)):
+            start = time.monotonic()
+            with pytest.raises(StorageError) as e:
+                call()
+            assert str(e.value) == f"s3://bucket/run: cannot reach S3 endpoint {endpoint}"
+            assert time.monotonic() - start < 5  # measured: 0.1-1.1 s (one back-off of up to 1 s)
+        # pyarrow's retry strategies count every error alike (its max_attempts stays as given); its errors
+        # translate alike.
+        opts = StoreOptions(endpoint_url=endpoint, max_attempts=1)
         loc = storage.resolve("s3://bucket/run", opts)
         with pytest.raises(OSError) as raw:
             loc.pa_fs.get_file_info(loc.path)
         assert "cannot reach S3 endpoint" in str(storage.translate_error(loc.uri, raw.value, opts))
-        assert time.monotonic() - start < 20
+
+
+class _FailingS3(http.server.BaseHTTPRequestHandler):
+    """Answers every request with the S3 error ``server.answer`` (status, code), counting the requests."""
+
+    def _fail(self) -> None:
+        self.server.requests += 1
+        status, code = self.server.answer
+        body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>m</Message></Error>".encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = do_PUT = _fail
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def failing_s3() -> Iterator[http.server.ThreadingHTTPServer]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FailingS3)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("status, code", [(503, "SlowDown"), (500, "InternalError")])
+def test_throttling_and_5xx_keep_their_retries(failing_s3, monkeypatch, status, code):
+    """What fails fast is a connection that cannot be made; an S3 that answers "slow down" or 5xx is retried
+    max_attempts times, as before."""
+    for name, value in S3_TEST_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    failing_s3.answer, failing_s3.requests = (status, code), 0
+    opts = StoreOptions(endpoint_url=f"http://127.0.0.1:{failing_s3.server_address[1]}", max_attempts=3)
+    with pytest.raises(StorageError, match="^s3://bucket/x: "):
+        storage.read_bytes("s3://bucket/x", opts)
+    assert failing_s3.requests >= 3  # measured: 4 (one more than max_attempts at any setting; 2 at max_attempts 1)
 
 
 @pytest.mark.s3
@@ -425,6 +480,9 @@ def test_filesystems_pickle_for_workers(s3_bucket):
     with pa_fs.open_input_stream(loc.path) as f:
         assert f.read() == b"shipped"
     assert isinstance(pa_fs, pafs.S3FileSystem) and pa_fs._kwargs["retry_strategy"].max_attempts == 7
+    # The short connect timeout travels too (what pyarrow itself holds), and s3fs keeps its connection-retry rule.
+    assert pafs.S3FileSystem.__reduce__(pa_fs)[1][0]["connect_timeout"] == storage.CONNECT_TIMEOUT_S
+    assert type(fs) is type(loc.fs) and fs.config_kwargs["connect_timeout"] == storage.CONNECT_TIMEOUT_S
     assert pickle.loads(pickle.dumps(loc)) == loc
     # A fresh interpreter, like a Ray worker: only the inherited environment, nothing cached.
     code = ("import pickle, sys\n"

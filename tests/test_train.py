@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from ray_ganime import images, metrics, shards, storage, train, transforms
+from ray_ganime import checkpoints, images, metrics, shards, storage, train, transforms
 from ray_ganime.config import load_config
 from ray_ganime.demo import ensure_synthetic
 from ray_ganime.recipes import recipe_class
@@ -65,7 +65,11 @@ def initial_nets(cfg) -> dict[str, torch.nn.Module]:
 
 
 def meta(folder) -> dict:
-    return storage.read_json(storage.join(str(folder), train.META_FILE))
+    return storage.read_json(storage.join(str(folder), checkpoints.META_FILE))
+
+
+def saved_state(folder) -> dict:
+    return checkpoints.load(str(folder))[0]
 
 
 def metrics_lines(run: str) -> list[dict]:
@@ -182,11 +186,11 @@ def test_two_workers_stay_in_sync_and_train(ddp_run):
     # hand: wrapping only G in DDP makes this fit fail with "rank 1's weights differ from rank 0's").
     assert out["metrics"]["ranks_in_sync"] is True
     assert [m.get("ranks_in_sync") for m in metrics_lines(out["run"])] == [True, True]
-    state = train.load_state(train.fetch_checkpoint(out["checkpoint"]))
-    assert state["epoch"] == 2 and state["global_step"] == 6  # steps per worker
-    steps_lr = state["global_step"] * cfg.optim.lr_g
+    final = saved_state(out["checkpoint"])
+    assert final["epoch"] == 2 and final["global_step"] == 6  # steps per worker
+    steps_lr = final["global_step"] * cfg.optim.lr_g
     for name, net in initial_nets(cfg).items():
-        trained = state["recipe"]["nets"][name]
+        trained = final["recipe"]["nets"][name]
         diffs = {k: (trained[k] - p.detach()).abs().max().item() for k, p in net.named_parameters()}
         print(f"{name}: max |trained - initial| {max(diffs.values()):.3g} = {max(diffs.values()) / steps_lr:.2f} "
               f"lr per step")
@@ -208,11 +212,11 @@ def test_run_on_s3_keeps_data_and_checkpoints_there(ddp_run, s3_store):
                  "checkpoint_epoch_0002/state.pt", "checkpoint_epoch_0002/meta.json"):
         assert storage.exists(storage.join(out["run"], path)), path
 
-    generator, info = train.load_generator(out["checkpoint"])  # downloads the checkpoint from S3
+    generator, info = checkpoints.load_generator(out["checkpoint"])  # downloads the checkpoint from S3
     assert info["checkpoint"] == out["checkpoint"] and info["epoch"] == 2 and info["global_step"] == 6
     assert not generator.training
     # The downloaded generator holds the trained weights (state.pt read straight from S3), not a fresh init.
-    state = torch.load(io.BytesIO(storage.read_bytes(storage.join(out["checkpoint"], train.STATE_FILE))),
+    state = torch.load(io.BytesIO(storage.read_bytes(storage.join(out["checkpoint"], checkpoints.STATE_FILE))),
                        map_location="cpu", weights_only=True)
     for k, v in generator.state_dict().items():
         assert torch.equal(v, state["recipe"]["nets"]["G"][k]), k
@@ -245,7 +249,7 @@ def test_stop_after_then_rerun_equals_an_uninterrupted_run(resume_runs):
     assert meta(b1["checkpoint"])["epoch"] == 2 and b1["metrics"]["epoch"] == 2
     assert b2["run"] == b1["run"] and b2["checkpoint"] != b1["checkpoint"]
     assert meta(a["checkpoint"])["epoch"] == meta(b2["checkpoint"])["epoch"] == 4
-    sa, sb = train.load_state(a["checkpoint"]), train.load_state(b2["checkpoint"])
+    sa, sb = saved_state(a["checkpoint"]), saved_state(b2["checkpoint"])
     assert sa["epoch"] == sb["epoch"] == 4 and sa["global_step"] == sb["global_step"] == 12
 
     # Same LR per epoch (the schedule decays across the resume boundary) and the same scheduler state.
@@ -288,7 +292,7 @@ def test_resume_from_starts_a_new_run_at_the_checkpoint_epoch(store, resume_runs
     assert [m["epoch"] for m in metrics_lines(out["run"])] == [3]  # nothing before the checkpoint's epoch
     assert sorted(p.name for p in Path(out["run"]).glob("checkpoint_epoch_*")) == ["checkpoint_epoch_0003"]
     # From A's epoch-2 state it trains epoch 3 exactly as A did.
-    got, want = train.load_state(out["checkpoint"]), train.load_state(Path(a["run"]) / "checkpoint_epoch_0003")
+    got, want = saved_state(out["checkpoint"]), saved_state(Path(a["run"]) / "checkpoint_epoch_0003")
     assert got["global_step"] == want["global_step"] == 9
     for net in ("G", "D"):
         assert max_abs_diff(got["recipe"]["nets"][net], want["recipe"]["nets"][net]) == 0.0, net
@@ -309,7 +313,7 @@ def test_training_raises_held_out_ssim(store):
     data_uri = cfg.dataset_uri()
     baseline = held_out_ssim(initial_nets(cfg)["G"], data_uri, cfg)
     out = timed_fit(cfg)
-    generator, info = train.load_generator(out["checkpoint"])
+    generator, info = checkpoints.load_generator(out["checkpoint"])
     trained = held_out_ssim(generator, data_uri, cfg)
     print(f"held-out SSIM: untrained {baseline:.4f}, trained {trained:.4f} after {info['global_step']} steps, "
           f"margin {trained - baseline:.4f}")

