@@ -14,6 +14,7 @@ from ray_ganime.nets import (
     DCGANGenerator,
     PadToMultiple,
     PatchDiscriminator,
+    ResNetGenerator,
     UNetGenerator,
     build_generator,
     count_parameters,
@@ -278,3 +279,165 @@ def test_dcgan_generator_matches_the_reference_parameter_count_and_shapes():
     assert DCGANGenerator(latent_dim=16, ngf=8, size=32)(torch.randn(3, 16, 1, 1)).shape == (3, 3, 32, 32)
     with pytest.raises(ValueError, match="power of two"):
         DCGANGenerator(size=48)
+
+
+# ------------------------------------------------------------------------------- CycleGAN ResNet generator
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    (dict(n_blocks=6), 7_837_699),  # ../shared/REFERENCE.md, CycleGAN: instance norm, ngf 64, RGB -> RGB
+    (dict(n_blocks=9), 11_378_179),
+    (dict(n_blocks=15, ngf=128), 73_782_275),  # CycleGANime's served generator
+])
+def test_resnet_generator_parameter_counts(kwargs, expected):
+    net = _on_meta(ResNetGenerator, in_channels=3, out_channels=3, norm="instance", **kwargs)
+    assert count_parameters(net) == expected
+
+
+def test_resnet_generator_blocks_follow_the_paper():
+    # c7s1-64, d128, d256, R256 x 9, u128, u64, c7s1-3; every convolution has a bias with instance norm.
+    net = _on_meta(ResNetGenerator)
+    names = [name for name, _ in net.model.named_children()]
+    assert names == ["c7s1", "d1", "d2", *[f"r{k}" for k in range(1, 10)], "u1", "u2", "out"]
+    convs = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert [c.out_channels for c in convs] == [64, 128, 256, *[256] * 18, 128, 64, 3]
+    assert all(c.bias is not None for c in convs)
+    assert [c.kernel_size for c in (convs[0], convs[1], convs[-2], convs[-1])] == [(7, 7), (3, 3), (3, 3), (7, 7)]
+    assert convs[-2].output_padding == (1, 1) and convs[1].stride == (2, 2)
+    assert sum(isinstance(m, nn.ReflectionPad2d) for m in net.modules()) == 2 + 2 * 9
+    # Batch norm makes the biases redundant, except the output convolution's.
+    batch = _on_meta(ResNetGenerator, norm="batch", n_blocks=2)
+    biased = [c.bias is not None for c in batch.modules() if isinstance(c, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert biased == [False] * (len(biased) - 1) + [True]
+
+
+def test_resnet_generator_avatar_variant_is_narrow_and_the_same_class():
+    # Tsinghua avatars: 2 downs + 4 residual blocks + 2 ups; other depths change the size multiple.
+    net = _on_meta(ResNetGenerator, ngf=32, n_blocks=4, n_downs=2)
+    assert [name for name, _ in net.model.named_children()] == ["c7s1", "d1", "d2", "r1", "r2", "r3", "r4",
+                                                                 "u1", "u2", "out"]
+    assert net.size_multiple == 4
+    deep = _on_meta(ResNetGenerator, ngf=8, n_blocks=1, n_downs=3)
+    assert deep.size_multiple == 8 and deep.model.r1.block.conv1.in_channels == 64
+
+
+@pytest.mark.parametrize("size", [(32, 32), (36, 36), (40, 24), (8, 12)])
+def test_resnet_generator_maps_any_multiple_of_4_to_itself(size):
+    torch.manual_seed(0)
+    net = ResNetGenerator(ngf=8, n_blocks=2).eval()
+    x = torch.rand(2, 3, *size) * 2 - 1
+    with torch.no_grad():
+        y = net(x)
+    assert y.shape == (2, 3, *size)
+    assert torch.isfinite(y).all() and y.abs().max() <= 1 and y.std() > 0
+
+
+@pytest.mark.parametrize(("shape", "match"), [((1, 3, 34, 32), "divisible by 2\\*\\*2 = 4"),
+                                              ((1, 3, 4, 32), ">= 8")])
+def test_resnet_generator_rejects_sizes_it_cannot_map(shape, match):
+    net = ResNetGenerator(ngf=8, n_blocks=1)
+    with pytest.raises(ValueError, match=match):
+        net(torch.randn(shape))
+
+
+def test_resnet_generator_residual_blocks_add_their_input():
+    # A residual block whose second convolution is zeroed is the identity (x + 0).
+    net = ResNetGenerator(ngf=8, n_blocks=1, norm="none")
+    block = net.model.r1
+    nn.init.zeros_(block.block.conv2.weight), nn.init.zeros_(block.block.conv2.bias)
+    x = torch.randn(2, 32, 5, 7)
+    with torch.no_grad():
+        assert torch.equal(block(x), x)
+
+
+def test_resnet_generator_dropout_and_arguments():
+    assert _dropouts(_on_meta(ResNetGenerator, n_blocks=3)) == 0
+    assert _dropouts(_on_meta(ResNetGenerator, n_blocks=3, dropout=0.5)) == 3
+    with pytest.raises(ValueError, match="n_blocks"):
+        ResNetGenerator(n_blocks=-1)
+    with pytest.raises(ValueError, match="unknown norm"):
+        ResNetGenerator(ngf=8, n_blocks=1, norm="group")
+
+
+class _CanonicalResnetBlock(nn.Module):
+    def __init__(self, conv_block: nn.Sequential) -> None:
+        super().__init__()
+        self.conv_block = conv_block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+def _canonical_resnet(input_nc, output_nc, ngf, norm_layer, use_dropout, n_blocks, n_downsampling=2):
+    """junyanz/pytorch-CycleGAN-and-pix2pix ``ResnetGenerator`` (reflect padding), transcribed: one flat
+    ``model`` Sequential of ``ResnetBlock``s whose ``conv_block`` is a Sequential."""
+    use_bias = norm_layer is nn.InstanceNorm2d
+
+    def block(dim):
+        layers = [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=use_bias), norm_layer(dim), nn.ReLU(True)]
+        if use_dropout:
+            layers.append(nn.Dropout(0.5))
+        layers += [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=use_bias), norm_layer(dim)]
+        return _CanonicalResnetBlock(nn.Sequential(*layers))
+
+    model = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7, bias=use_bias), norm_layer(ngf), nn.ReLU(True)]
+    for i in range(n_downsampling):
+        mult = 2**i
+        model += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=use_bias),
+                  norm_layer(ngf * mult * 2), nn.ReLU(True)]
+    model += [block(ngf * 2**n_downsampling) for _ in range(n_blocks)]
+    for i in range(n_downsampling):
+        mult = 2 ** (n_downsampling - i)
+        model += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1,
+                                     bias=use_bias), norm_layer(ngf * mult // 2), nn.ReLU(True)]
+    model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh()]
+    net = nn.Module()
+    net.model = nn.Sequential(*model)
+    return net
+
+
+@pytest.mark.parametrize(("norm", "dropout"), [("instance", 0.0), ("batch", 0.5)])
+def test_resnet_generator_loads_canonical_weights_and_matches_canonical(norm, dropout):
+    norm_layer = {"instance": nn.InstanceNorm2d, "batch": nn.BatchNorm2d}[norm]
+    torch.manual_seed(0)
+    canonical = _canonical_resnet(3, 3, 8, norm_layer, bool(dropout), n_blocks=3)
+    for p in canonical.parameters():  # non-trivial values everywhere, biases and norm affines included
+        nn.init.normal_(p, 0.0, 0.2)
+    for name, b in canonical.named_buffers():  # batch-norm running statistics, used in eval mode
+        if name.endswith("running_mean") or name.endswith("running_var"):
+            b.copy_(torch.rand(b.shape) + 0.5)
+    canonical_sd = canonical.state_dict()
+    net = ResNetGenerator(ngf=8, n_blocks=3, norm=norm, dropout=dropout)
+    assert count_parameters(net) == count_parameters(canonical)
+    assert sorted(net.canonical_key_map().values()) == sorted(canonical_sd)
+    net.load_canonical_state_dict(canonical_sd)
+    x = torch.randn(2, 3, 16, 20)
+    canonical.eval(), net.eval()  # dropout off; batch norm on the loaded running statistics
+    with torch.no_grad():
+        assert torch.equal(net(x), canonical.model(x))
+    with pytest.raises(ValueError, match="missing"):
+        net.load_canonical_state_dict({k: v for k, v in canonical_sd.items() if k != "model.1.weight"})
+
+
+def test_resnet_generator_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
+    net = ResNetGenerator(ngf=8, n_blocks=2).train()
+    y = net(torch.randn(2, 3, 16, 16))
+    (y.square() * torch.randn(y.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_build_generator_builds_a_resnet_generator_from_json_arguments():
+    args = {"in_channels": 3, "out_channels": 3, "ngf": 8, "n_blocks": 4, "norm": "instance", "dropout": 0.0,
+            "n_downs": 2}
+    net = build_generator("ResNetGenerator", args)
+    assert isinstance(net, ResNetGenerator) and net.size_multiple == 4 and net.n_blocks == 4
+    torch.manual_seed(0)
+    twin = build_generator("ResNetGenerator", args)
+    twin.load_state_dict(net.state_dict())
+    x = torch.randn(1, 3, 12, 16)
+    with torch.no_grad():
+        assert torch.equal(twin.eval()(x), net.eval()(x))
+    with pytest.raises(ValueError, match="bad constructor arguments"):
+        build_generator("ResNetGenerator", {"ngf": 8, "num_downs": 2})

@@ -3,6 +3,7 @@
 from .dcgan import DCGANGenerator
 from .layers import NORMS, conv_bias, count_parameters, init_weights, make_norm
 from .patchgan import PatchDiscriminator, receptive_field
+from .resnet import ResidualBlock, ResNetGenerator
 from .unet import UNetGenerator, unet_channels
 from .wrappers import GENERATORS, PadToMultiple, build_generator
 
@@ -12,6 +13,8 @@ __all__ = [
     "NORMS",
     "PadToMultiple",
     "PatchDiscriminator",
+    "ResNetGenerator",
+    "ResidualBlock",
     "UNetGenerator",
     "build_generator",
     "conv_bias",

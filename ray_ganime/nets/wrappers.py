@@ -19,11 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dcgan import DCGANGenerator
+from .resnet import ResNetGenerator
 from .unet import UNetGenerator
 
 __all__ = ["GENERATORS", "PadToMultiple", "build_generator"]
 
-GENERATORS: dict[str, type[nn.Module]] = {"UNetGenerator": UNetGenerator, "DCGANGenerator": DCGANGenerator}
+GENERATORS: dict[str, type[nn.Module]] = {
+    "UNetGenerator": UNetGenerator, "DCGANGenerator": DCGANGenerator, "ResNetGenerator": ResNetGenerator}
 
 
 def build_generator(class_name: str, args: dict[str, Any]) -> nn.Module:
