@@ -124,11 +124,8 @@ def _processes_mentioning(text: str) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        try:
-            if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
+        if text in command_line(int(entry.name)):
+            pids.append(int(entry.name))
     return pids
 
 

@@ -8,6 +8,10 @@ Weights are seeded random init (no training): serving must reproduce them exactl
 
 from __future__ import annotations
 
+import json
+import struct
+import zlib
+
 import numpy as np
 import torch
 
@@ -58,6 +62,22 @@ def make_packages(store: str) -> dict[str, str]:
 def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     """Seeded uniform-noise uint8 RGB (height, width, 3): every pixel matters to the generator's output."""
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def reason(body: bytes) -> str:
+    """The reason of a JSON error answer, checked to have exactly the API's {"error", "reason"} shape."""
+    payload = json.loads(body)
+    assert set(payload) == {"error", "reason"} and payload["reason"], payload
+    return payload["reason"]
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a decompression bomb's calling card), with almost no data:
+    only a decoder would find out."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
 
 
 # ------------------------------------------------------------------------------------ a Gateway in this process

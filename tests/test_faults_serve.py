@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 import subprocess
 import sys
 import textwrap
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from serving import NAMES, LocalGateway, make_packages, random_image
+from serving import NAMES, LocalGateway, make_packages, png_claiming, random_image, reason
 
 from ray_ganime import export, images, transforms
 from ray_ganime.cli import main as ganime
@@ -26,20 +24,6 @@ from ray_ganime.serve import scrub
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height, with almost no data: only a decoder would find out."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
-
-
-def reason(body: bytes) -> str:
-    payload = json.loads(body)
-    assert set(payload) == {"error", "reason"} and payload["reason"], payload
-    return payload["reason"]
 
 
 # ------------------------------------------------------------------------------------------ broken packages

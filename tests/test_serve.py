@@ -12,20 +12,18 @@ import http.client
 import inspect
 import io
 import json
-import struct
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-import zlib
 
 import numpy as np
 import pytest
 from fastapi import HTTPException
 from PIL import Image
 
-from serving import random_image
+from serving import png_claiming, random_image, reason
 
 from ray_ganime import export, images, inference
 from ray_ganime.serve import APP_NAME, MISS_RELIST_S, Gateway, Generators, build_app, model_summary, preferred_media
@@ -51,12 +49,6 @@ def call(served, path: str, data: bytes | None = None, headers: dict | None = No
 def generate(served, name: str, image: np.ndarray, query: str = "", **kw) -> tuple[int, dict, bytes]:
     return call(served, f"v1/models/{name}/generate{query}", images.encode_png(image),
                 {"Content-Type": "image/png", **kw.pop("headers", {})}, **kw)
-
-
-def reason(body: bytes) -> str:
-    payload = json.loads(body)
-    assert set(payload) == {"error", "reason"} and payload["reason"], payload
-    return payload["reason"]
 
 
 @pytest.fixture(scope="module")
@@ -168,14 +160,6 @@ def test_noise_models_draw_a_seeded_grid(served, local):
 # ------------------------------------------------------------------------------------------- bad input
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (a decompression bomb's calling card), with no real data."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
-
-
 def post_declaring(served, path: str, length: int) -> tuple[int, dict, bytes]:
     """A POST whose Content-Length says ``length`` bytes, of which only the first 64 KiB are sent before the
     answer is read: a server that checks the declared length refuses it without waiting for the rest."""
@@ -214,7 +198,7 @@ def test_every_bad_request_gets_its_4xx_with_a_reason_and_the_server_goes_on(ser
         (400, call(served, path, truncated, {"Content-Type": "image/png"}), ""),
         (413, post_declaring(served, path, 16 * 2**20 + 1), "limit"),
         (413, call(served, path, flat.getvalue(), {"Content-Type": "image/png"}), "max_side"),
-        (413, call(served, path, _png_claiming(100_000, 100_000), {"Content-Type": "image/png"}), "pixels"),
+        (413, call(served, path, png_claiming(100_000, 100_000), {"Content-Type": "image/png"}), "pixels"),
         (415, call(served, path, b"hello", {"Content-Type": "text/plain"}), "text/plain"),
         (415, call(served, path, png, {"Content-Type": "application/x-www-form-urlencoded"}), "Content-Type"),
         (406, call(served, path, png, {"Content-Type": "image/png", "Accept": "application/json"}), "image/png"),
