@@ -1,15 +1,20 @@
 """Ray Train step vs a plain single-process PyTorch loop: steady-state images/s, same nets, same batch.
 
-    python bench/train_step.py [--size 64] [--batch 16] [--ngf 32] [--steps 30] [--epochs 3]
+    python bench/train_step.py [--recipe pix2pix] [--size 64] [--batch 16] [--ngf 32] [--steps 30] [--epochs 3]
+    python bench/train_step.py --recipe cyclegan --size 64 --batch 4 --ngf 16 --blocks 6 --steps 20
 
-Plain loop: ``Pix2Pix(cfg, "cpu").train_step`` on random batches of the same shape, in this process,
+--recipe picks the recipe (default pix2pix, so earlier runs stay comparable); its nets are sized by --ngf
+(ngf = ndf) and, for cyclegan, --blocks ResNet blocks.
+
+Plain loop: ``recipe.train_step`` on ``recipe.example_batch`` random batches of the same shape, in this process,
 timed over --steps steps (or --plain-seconds) after --warmup steps, with 1 torch thread (what the Ray
 worker gets: Ray sets OMP_NUM_THREADS = max(1, floor(cpus_per_worker))) and with torch's default (one
 per core); run before and after the Ray side and the better of the two taken (other load on the
 machine only ever slows a measurement down, so the ratio errs against Ray).
 
 Ray side: ``train.fit(cfg)`` (the real engine: Ray Train V2, 1 worker, Ray Data decoding a synthetic
-data set at load_size, crop/flip collate in the worker), --epochs epochs of --steps steps.
+data set of the recipe's kind at load_size, crop/flip collate in the worker; for cyclegan an unpaired set,
+streamed as two datasets, one per domain, zipped in the worker), --epochs epochs of --steps steps.
 - steady: per-step timestamps taken inside the worker (``train_step`` entry and exit), steps
   --skip.. of every epoch after the first; time runs from the entry of the first counted step to the
   exit of the last, so it includes waiting for batches, collate, host->device and the loop's own work,
@@ -23,7 +28,10 @@ average 4 to 23 within one run). So CPU time is measured too: process CPU second
 plain process and of the Ray Train worker process (its step thread plus the collate / prefetch and
 Ray core threads in it; Ray Data's decode tasks run in other processes and are not in it). At one
 torch thread on both sides that ratio barely depends on other load: it is the overhead of the
-Ray Train worker itself. Both ratios are printed; the target is >= 0.9.
+Ray Train worker itself. Both ratios are printed; the target is >= 0.9. The worker's CPU is also split
+into the training thread's inside ``train_step`` (the nets: comparable with the plain loop's) and the
+rest of the process (collate, the Ray Data iterators and their zip, Ray's threads), which tells a slower
+step from overhead around it.
 """
 
 from __future__ import annotations
@@ -48,11 +56,13 @@ from ray_ganime.recipes import recipe_class  # noqa: E402
 
 
 def make_cfg(args, store: str, data_uri: str | None = None, run_name: str | None = None) -> Config:
-    overrides = [f"store.uri={store}", "recipe=pix2pix", f"model.ngf={args.ngf}", f"model.ndf={args.ngf}",
+    overrides = [f"store.uri={store}", f"recipe={args.recipe}", f"model.ngf={args.ngf}", f"model.ndf={args.ngf}",
+                 *([f"model.n_blocks={args.blocks}"] if args.recipe == "cyclegan" else []),
                  f"data.load_size={round(args.size * 286 / 256)}", f"data.crop_size={args.size}",
                  f"data.batch_size={args.batch}", f"data.shuffle_buffer={4 * args.batch}",
                  f"train.epochs={args.epochs}", f"train.max_steps_per_epoch={args.steps}",
                  f"train.cpus_per_worker={args.cpus_per_worker}", "train.num_workers=1",
+                 "train.use_gpu=false",  # the plain loop runs on CPU: so does the worker, on a GPU machine too
                  f"train.checkpoint_every={args.epochs}", f"train.sample_every={args.epochs}"]
     if data_uri:
         overrides.append(f"data.uri={data_uri}")
@@ -76,9 +86,8 @@ def plain_loop(cfg: Config, steps: int, warmup: int, threads: int, max_seconds: 
     try:
         torch.manual_seed(0)
         recipe = recipe_class(cfg.recipe)(cfg, "cpu")
-        b, s = cfg.data.batch_size, cfg.data.crop_size
-        batches = [{"sketch": torch.rand(b, 3, s, s) * 2 - 1, "color": torch.rand(b, 3, s, s) * 2 - 1,
-                    "id": [str(i) for i in range(b)]} for _ in range(4)]
+        b = cfg.data.batch_size
+        batches = [recipe.example_batch(b, cfg.data.crop_size, seed=i) for i in range(4)]
         for i in range(warmup):
             recipe.train_step(batches[i % len(batches)])
         wall, cpu, done = time.perf_counter(), time.process_time(), 0
@@ -105,7 +114,8 @@ def plain_round(cfg: Config, args, thread_counts: list[int], label: str) -> dict
 
 def timed_train_loop(out_path: str, worker_threads: int | None = None):
     """The engine's train_loop with every train_step (wall and process CPU time at entry and exit,
-    images) and every epoch start recorded on rank 0, written to ``out_path`` at the end.
+    images) and every epoch start (``ShardData.train_batches``: once per epoch, however many streams
+    the recipe zips) recorded on rank 0, written to ``out_path`` at the end.
 
     Defined in __main__, so Ray pickles it by value; in the worker it wraps the classes of the freshly
     imported engine and then runs the unchanged ``ray_ganime.train.train_loop``.
@@ -129,24 +139,24 @@ def timed_train_loop(out_path: str, worker_threads: int | None = None):
                "torch_interop_threads": torch.get_num_interop_threads(), "cpu_count": os.cpu_count(),
                "affinity": len(os.sched_getaffinity(0)), "epochs": []}
         cls = recipe_class(loop_config["cfg"]["recipe"])
-        step, iter_batches = cls.train_step, ShardData.iter_batches
+        step, train_batches = cls.train_step, ShardData.train_batches
 
         def timed_step(self, batch):
-            entry, cpu = time.perf_counter(), time.process_time()
+            entry, cpu, own = time.perf_counter(), time.process_time(), time.thread_time()
             out = step(self, batch)
-            log["epochs"][-1]["steps"].append((entry, time.perf_counter(), cpu, time.process_time(), len(batch["id"])))
+            log["epochs"][-1]["steps"].append((entry, time.perf_counter(), cpu, time.process_time(), len(batch["id"]),
+                                               time.thread_time() - own))
             return out
 
-        def timed_iter_batches(self, source, epoch=0, train=True, **kwargs):
-            if train:
-                log["epochs"].append({"epoch": epoch, "start": time.perf_counter(), "steps": []})
-            return iter_batches(self, source, epoch=epoch, train=train, **kwargs)
+        def timed_train_batches(self, sources, streams, epoch):
+            log["epochs"].append({"epoch": epoch, "start": time.perf_counter(), "steps": []})
+            return train_batches(self, sources, streams, epoch)
 
-        cls.train_step, ShardData.iter_batches = timed_step, timed_iter_batches
+        cls.train_step, ShardData.train_batches = timed_step, timed_train_batches
         try:
             engine.train_loop(loop_config)
         finally:
-            cls.train_step, ShardData.iter_batches = step, iter_batches
+            cls.train_step, ShardData.train_batches = step, train_batches
             if ray.train.get_context().get_world_rank() == 0:
                 with open(out_path, "w") as f:
                     json.dump(log, f)
@@ -165,7 +175,7 @@ def ray_side(cfg: Config, timing_path: str, skip: int, worker_threads: int | Non
     log = json.loads(Path(timing_path).read_text())
     metrics = [json.loads(line) for line in (Path(out["run"]) / "metrics.jsonl").read_text().splitlines() if line]
 
-    images = seconds = in_step = cpu = 0.0
+    images = seconds = in_step = cpu = step_cpu = 0.0
     per_epoch = []
     for i, e in enumerate(log["epochs"]):
         steps = e["steps"]
@@ -179,8 +189,10 @@ def ray_side(cfg: Config, timing_path: str, skip: int, worker_threads: int | Non
             images, seconds = images + n, seconds + span
             in_step += sum(s[1] - s[0] for s in counted)
             cpu += counted[-1][3] - counted[0][2]
+            step_cpu += sum(s[5] for s in counted)
     later = metrics[1:]
     return {"steady": images / seconds, "in_step": in_step / seconds, "cpu_ms": 1000 * cpu / images,
+            "step_cpu_ms": 1000 * step_cpu / images,
             "per_epoch": per_epoch, "metrics": metrics, "wall": wall, "load": (load_before, load()),
             "engine": sum(m["images_per_s"] * m["epoch_time_s"] for m in later) / sum(m["epoch_time_s"] for m in later),
             "threads": {k: v for k, v in log.items() if k != "epochs"}}
@@ -188,9 +200,11 @@ def ray_side(cfg: Config, timing_path: str, skip: int, worker_threads: int | Non
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", choices=["pix2pix", "cyclegan"], default="pix2pix")
     ap.add_argument("--size", type=int, default=64, help="crop size (load size = size * 286/256)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--ngf", type=int, default=32, help="ngf = ndf")
+    ap.add_argument("--blocks", type=int, default=6, help="cyclegan: ResNet blocks per generator")
     ap.add_argument("--steps", type=int, default=30, help="timed steps (plain), steps per epoch (Ray)")
     ap.add_argument("--epochs", type=int, default=3, help="Ray epochs; the first (cold start) is not counted")
     ap.add_argument("--warmup", type=int, default=2, help="plain loop: untimed steps first")
@@ -207,11 +221,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-train-step-") as tmp:
         store = args.store or tmp
-        count = max(64, round(args.steps * args.batch / 0.8) + 2 * args.batch)  # 80% is the train split
+        kind = recipe_class(args.recipe).task
+        # Enough training rows that no stream starts a second pass within an epoch: 80% is the train split,
+        # and an unpaired set's rows alternate between its two domains.
+        per_stream = max(64, round(args.steps * args.batch / 0.8) + 2 * args.batch)
+        count = per_stream * (2 if kind == "unpaired" else 1)
         t = time.perf_counter()
-        data_uri = ensure_synthetic(f"synthetic-paired-{count}x{args.size}", "paired", count, args.size,
+        data_uri = ensure_synthetic(f"synthetic-{kind}-{count}x{args.size}", kind, count, args.size,
                                     make_cfg(args, store))
-        print(f"data set: {count} pairs at {args.size} px ({time.perf_counter() - t:.1f} s)", flush=True)
+        print(f"data set: {count} {kind} examples at {args.size} px ({time.perf_counter() - t:.1f} s)", flush=True)
         cfg = make_cfg(args, store, data_uri, f"bench-{os.getpid()}-{int(time.time())}")
 
         threads = sorted({1, args.worker_threads or 1, torch.get_num_threads()})
@@ -224,7 +242,8 @@ def main() -> None:
     best = max(plain, key=plain.get)
     th = ray_out["threads"]
     same = th["torch_threads"] if th["torch_threads"] in plain else 1
-    print(f"\nPix2Pix {args.size} px, ngf=ndf={args.ngf}, batch {args.batch}, CPU; Ray: 1 worker, cpus_per_worker "
+    nets = f"ngf=ndf={args.ngf}" + (f", {args.blocks} blocks" if args.recipe == "cyclegan" else "")
+    print(f"\n{args.recipe} {args.size} px, {nets}, batch {args.batch}, CPU; Ray: 1 worker, cpus_per_worker "
           f"{args.cpus_per_worker}, {args.epochs} epochs x {args.steps} steps (fit {ray_out['wall']:.0f} s, load "
           f"average {ray_out['load'][0]:.1f} -> {ray_out['load'][1]:.1f} on {os.cpu_count()} CPUs)")
     print(f"Ray worker: OMP_NUM_THREADS={th['omp_num_threads']}, torch threads {th['torch_threads']} "
@@ -245,6 +264,10 @@ def main() -> None:
           f"{ray_out['steady'] / plain[same]:.2f})")
     print(f"RATIO CPU, plain / Ray worker, {same} thread(s)  : {plain_cpu[same] / ray_out['cpu_ms']:7.2f}   "
           f"(CPU time per image; not skewed by other load)")
+    # Where the worker's CPU goes: the training thread inside train_step (the nets: what the plain loop
+    # measures) vs everything else in the process (collate, Ray Data iterators, Ray's own threads).
+    print(f"  worker CPU ms/image: {ray_out['step_cpu_ms']:.1f} in train_step on the training thread (plain "
+          f"{plain_cpu[same]:.1f}), {ray_out['cpu_ms'] - ray_out['step_cpu_ms']:.1f} elsewhere in the process")
 
 
 if __name__ == "__main__":

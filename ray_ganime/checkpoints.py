@@ -165,10 +165,20 @@ def recipe_of(state: dict, device: torch.device | str = "cpu"):
     return recipe
 
 
-def load_generator(uri: str, device: torch.device | str = "cpu", options: storage.StoreOptions | None = None):
-    """(generator in eval mode, the checkpoint's meta with "checkpoint": ``uri``) of a checkpoint folder."""
+def load_generator(uri: str, device: torch.device | str = "cpu", options: storage.StoreOptions | None = None,
+                   direction: str | None = None):
+    """(generator in eval mode, the checkpoint's meta with "checkpoint": ``uri``) of a checkpoint folder.
+    ``direction``: which of a recipe's generators (CycleGAN: "a2b" / "b2a"); None: its only one."""
     state, meta = load(uri, options)
-    return recipe_of(state, device).generator().eval(), {**meta, "checkpoint": uri}
+    recipe = recipe_of(state, device)
+    directions = recipe.directions()
+    if direction is None:
+        if len(directions) > 1:
+            raise CheckpointError(uri, f"{recipe.name} has several generators: name one of {sorted(directions)}")
+        direction = next(iter(directions))
+    elif direction not in directions:
+        raise CheckpointError(uri, f"{recipe.name} has no generator {direction!r}; it has {sorted(directions)}")
+    return recipe.generator(direction).eval(), {**meta, "checkpoint": uri, "direction": direction}
 
 
 # -------------------------------------------------------------------------------------------------- runs

@@ -89,16 +89,13 @@ def cmd_evaluate(args) -> None:
 
 
 def _evaluate(cfg: cfgmod.Config, model_uri: str, data_uri: str | None, out_uri: str | None) -> dict:
-    """Evaluate a checkpoint's generator on a data set's held-out split; writes metrics, a table row, samples."""
+    """Evaluate every generator of a checkpoint on a data set's held-out split; writes metrics, a table, samples.
+    Returns {direction: result}."""
     from ray_ganime import evaluate
 
-    result, files = evaluate.evaluate_checkpoint(model_uri, cfg, data_uri, out_uri)
-    print(f"\n{result['model']}: FID {result['fid']:.1f}  SSIM {result['ssim']:.4f}  ({result['num_images']} images, "
-          f"Inception weights: {result['fid_backbone']['name']})")
-    if result.get("fid_warning"):
-        print(f"WARNING: {result['fid_warning']}")
-    print("\n".join(f"{k + ':':<9} {v}" for k, v in files.items()))
-    return result
+    results, files = evaluate.evaluate_checkpoint(model_uri, cfg, data_uri, out_uri)
+    print("\n" + "\n".join(evaluate.summary_lines(results, files)))
+    return results
 
 
 def cmd_tune(args) -> None:
@@ -114,8 +111,8 @@ def cmd_tune(args) -> None:
     best = out["best"]
     print(f"best:     {best['trial']} {out['metric']} {best['objective']:.4g} "
           f"({', '.join(f'{k}={v}' for k, v in best.items() if '.' in k)}), checkpoint {best['checkpoint']}")
-    if out.get("package"):
-        print(f"package:  {out['package']}")
+    for uri in (out.get("packages") or {}).values():
+        print(f"package:  {uri}")
 
 
 def cmd_recipes(args) -> None:
@@ -124,38 +121,63 @@ def cmd_recipes(args) -> None:
     cfg = _load(args)
     cfg.data.load_size = max(cfg.data.load_size, args.size)
     cfg.data.crop_size = args.size
+    # The config's model / loss options are its recipe's; every other recipe is shown with its defaults.
+    recipes = {name: recipe_class(name).unbuilt(cfg if name == cfg.recipe else
+                                                cfg.model_copy(update={"recipe": name, "model": {}, "loss": {}}))
+               for name in sorted(RECIPES)}
     print(f"{'recipe':<12} {'network':<8} {'parameters':>14}   (at {args.size} px)")
-    for name in sorted(RECIPES):
-        for net, count in recipe_class(name).network_sizes(cfg).items():
+    for name, recipe in recipes.items():
+        for net, count in type(recipe).network_sizes(recipe.cfg).items():
             print(f"{name:<12} {net:<8} {count:>14,}")
+    # What a user serves (one package per direction) and what a sweep may rank by (tune.metric).
+    print(f"\n{'recipe':<12} generators (package suffix: network, source -> target)")
+    for name, recipe in recipes.items():
+        for direction, d in recipe.directions().items():
+            print(f"{name:<12} {'-' + direction if direction else '(none)':<8} {d.net}, {d.source} -> {d.target}"
+                  f"{' (paired)' if d.paired else ' (unpaired)'}")
+    print(f"\n{'recipe':<12} per-epoch validation metrics (tune.metric; FID ones need eval.val_fid)")
+    for name, recipe in recipes.items():
+        print(f"{name:<12} {', '.join(recipe.metric_names())}")
 
 
 def cmd_export(args) -> None:
     from ray_ganime import export
 
     cfg = _load(args)
-    uri = export.export_package(args.checkpoint, args.name, args.dest or cfg.store.uri, cfg.store.options(),
-                                onnx=args.onnx, overwrite=args.overwrite)
-    meta = export.package_meta(uri, cfg.store.options())
+    uris = export.export_packages(args.checkpoint, args.name, args.dest or cfg.store.uri, cfg.store.options(),
+                                  onnx=args.onnx, overwrite=args.overwrite,
+                                  directions=[args.direction] if args.direction is not None else None)
+    for uri in uris.values():
+        _print_package(export.package_meta(uri, cfg.store.options()), uri)
+
+
+def _print_package(meta: dict, uri: str) -> None:
+    from ray_ganime import export
+
     files = [meta["weights"]["file"]] + ([meta["onnx"]["file"]] if meta["onnx"] else []) + [export.MANIFEST]
-    print(f"{uri}\n{meta['recipe']} generator, {meta['weights']['parameters']:,} parameters, native "
+    direction = f" ({meta['direction']}: {meta['input'].get('column')} -> {meta['output'].get('column')})" \
+        if meta.get("direction") else ""
+    print(f"{uri}\n{meta['recipe']} generator{direction}, {meta['weights']['parameters']:,} parameters, native "
           f"{meta['native_size']} px (any size: padded to a multiple of {meta['size_multiple']}), epoch "
-          f"{meta['training']['epoch']}\nmetrics: {_metrics_summary(meta['metrics'])}\nfiles:   {', '.join(files)}")
+          f"{meta['training']['epoch']}\nmetrics: {_metrics_summary(meta['metrics'], meta.get('direction', ''))}\n"
+          f"files:   {', '.join(files)}")
     if meta["onnx"]:
         print(f"onnx:    opset {meta['onnx']['opset']}, dynamic batch/height/width, max |onnxruntime - torch| "
               f"{meta['onnx']['verified']['max_abs_diff']:.2g}")
 
 
-def _metrics_summary(metrics: dict) -> str:
-    """One line: validation SSIM / L1 / FID and evaluation FID / SSIM, each FID with its Inception weights."""
+def _metrics_summary(metrics: dict, direction: str = "") -> str:
+    """One line: validation SSIM / L1 / FID (the package's direction's, e.g. ``val_fid_a2b``) and evaluation
+    FID / SSIM, each FID with its Inception weights."""
     parts = []
     val = metrics.get("validation") or {}
-    if "val_ssim" in val:
-        parts.append(f"val SSIM {val['val_ssim']:.4f}")
-    if "val_l1" in val:
-        parts.append(f"val L1 {val['val_l1']:.4f}")
-    if "val_fid" in val:
-        parts.append(f"val FID {val['val_fid']:.4g} [{val.get('val_fid_backbone')}]")
+    suffix = f"_{direction}" if direction else ""
+    if f"val_ssim{suffix}" in val:
+        parts.append(f"val SSIM {val[f'val_ssim{suffix}']:.4f}")
+    if f"val_l1{suffix}" in val:
+        parts.append(f"val L1 {val[f'val_l1{suffix}']:.4f}")
+    if f"val_fid{suffix}" in val:
+        parts.append(f"val FID {val[f'val_fid{suffix}']:.4g} [{val.get('val_fid_backbone')}]")
     ev = metrics.get("evaluation")
     if ev:
         backbone = ev.get("fid_backbone") or {}
@@ -202,7 +224,8 @@ def cmd_models(args) -> None:
         onnx = " +onnx" if meta.get("onnx") else ""
         epoch = (meta.get("training") or {}).get("epoch")
         print(f"{name:<24} {_fmt_optional(meta.get('recipe')):<10} {meta['native_size']:>5} {_fmt_optional(epoch):>6}  "
-              f"{_fmt_optional(meta.get('created')):<25} {_metrics_summary(meta.get('metrics') or {})}{onnx}")
+              f"{_fmt_optional(meta.get('created')):<25} "
+              f"{_metrics_summary(meta.get('metrics') or {}, meta.get('direction', ''))}{onnx}")
     for package in broken:  # listed, so that nobody wonders where a package went
         print(f"{package['name']:<24} BROKEN: {package['reason']}")
 
@@ -275,9 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="store root URI (local folder or s3://bucket/prefix); default $GANIME_STORE")
     p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("export", help="a checkpoint's generator -> model package <store>/models/NAME")
+    p = sub.add_parser("export", help="a checkpoint's generators -> model packages <store>/models/NAME[-DIRECTION]")
     p.add_argument("checkpoint", help="checkpoint folder (local or s3://)")
     p.add_argument("--name", required=True, help="package name (letters, digits, '.', '_', '-')")
+    p.add_argument("--direction", help="only this generator of a recipe with several (e.g. a2b: package NAME-a2b; "
+                                       "default: all of them; `ganime recipes` lists them)")
     p.add_argument("--dest", help="store to write the package to (default: --store / store.uri)")
     p.add_argument("--onnx", action="store_true", help="also write an ONNX graph (any size; needs ray-ganime[export])")
     p.add_argument("--overwrite", action="store_true", help="replace an existing package of that name")
@@ -294,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("recipes", help="every recipe's networks with parameter counts")
+    p = sub.add_parser("recipes", help="every recipe's networks with parameter counts, generators and metrics")
     p.add_argument("--size", type=int, default=256, help="image size the networks are built for")
     _config_args(p)
     p.set_defaults(func=cmd_recipes)

@@ -75,8 +75,20 @@ class OptimConfig(Section):
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     betas: tuple[float, float] = (0.5, 0.999)
-    # pix2pix's schedule: constant LR, then linear decay to zero over the last decay_epochs epochs.
+    # linear (pix2pix, CycleGAN): constant LR, then linear decay to zero over the last decay_epochs epochs.
+    # step: x step_gamma after each epoch in step_epochs (the avatar CycleGAN: 3e-4 -> 3e-5 after epoch 120).
+    schedule: Literal["linear", "step"] = "linear"
     decay_epochs: int = Field(0, ge=0)
+    step_epochs: list[int] = Field(default_factory=list)
+    step_gamma: float = Field(0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _step_needs_epochs(self) -> "OptimConfig":
+        if self.schedule == "step" and not self.step_epochs:
+            raise ValueError("optim.schedule=step needs optim.step_epochs (epochs after which the LR drops)")
+        if any(e < 1 for e in self.step_epochs):
+            raise ValueError(f"optim.step_epochs must be epochs >= 1, got {self.step_epochs}")
+        return self
 
 
 class TrainConfig(Section):
@@ -116,7 +128,6 @@ class EvalConfig(Section):
 
 
 SEARCH_KINDS = ("uniform", "loguniform", "quniform", "randint", "choice", "grid")
-Objective = Literal["val_ssim", "val_l1", "val_fid"]
 
 
 class TuneConfig(Section):
@@ -125,8 +136,11 @@ class TuneConfig(Section):
 
     name: str | None = None  # the sweep lives at <store>/sweeps/<name>; default: a fresh timestamped name
     space: dict[str, Any] = Field(default_factory=dict)  # dotted key -> {kind: args}, besides in-place ones
-    metric: Objective = "val_ssim"
-    mode: Literal["min", "max"] | None = None  # None: max for SSIM, min for L1 and FID
+    # A per-epoch validation metric of the recipe (`ganime recipes` lists them): val_ssim, val_l1,
+    # val_fid; per direction for recipes with several generators (val_fid_a2b), and the recipe's own
+    # (val_cycle_l1). Checked against the recipe before a sweep starts.
+    metric: str = Field("val_ssim", pattern=r"^val_[a-z0-9_]+$")
+    mode: Literal["min", "max"] | None = None  # None: max for SSIM, min for the rest (L1, FID, errors)
     search: Literal["random", "grid", "optuna"] = "random"  # grid: choice dims become grids too
     # Trials (random, optuna), or repeats of the whole grid; None: 8, or 1 when every dimension is listed.
     num_samples: int | None = Field(None, ge=1)
@@ -152,7 +166,7 @@ class TuneConfig(Section):
         return name if name is None else storage.check_name(name, "model name")
 
     def resolved_mode(self) -> str:
-        return self.mode or ("max" if self.metric == "val_ssim" else "min")
+        return self.mode or ("max" if self.metric.startswith("val_ssim") else "min")
 
 
 class ServeConfig(Section):

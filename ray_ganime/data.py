@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -79,15 +79,8 @@ class DecodeStage:
 
 
 def derive(image: np.ndarray, view: str, lineart_target: float) -> np.ndarray:
-    if view == "gray":
-        return transforms.grayscale(image)
-    if view == "smooth":
-        return transforms.edge_smooth(image)
-    if view == "smooth_gray":
-        return transforms.grayscale(transforms.edge_smooth(image))
-    if view == "lineart":
-        return transforms.normalize_lineart(image, target=lineart_target)
-    raise ValueError(f"unknown view {view!r}")
+    """A derived view of one decoded image (``transforms.view``: the one implementation serving uses too)."""
+    return transforms.view(image, view, lineart_target)
 
 
 @dataclass(frozen=True)
@@ -99,13 +92,15 @@ class Augment(NumpyBatchCollateFn):
     seed: int
     epoch: int
     train: bool
+    repeat: int = 0  # the shorter stream's extra passes in an epoch of several streams get crops of their own
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict:
         ids = [str(i) for i in batch["id"]]
         arrays = {k: v for k, v in batch.items() if k != "id"}
         if self.train:
             # Keyed by the ids in the batch, not by call order: Ray may collate batches in parallel threads.
-            rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32("\0".join(ids).encode())])
+            rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32("\0".join(ids).encode())]
+                                        + ([self.repeat] if self.repeat else []))
             arrays = transforms.random_crop_flip_batch(rng, arrays, self.crop_size, self.flip)
         out: dict = {k: transforms.to_tensor(v) for k, v in arrays.items()}
         out["id"] = ids
@@ -134,8 +129,47 @@ class ShardData:
         return cls(cfg.dataset_uri(), cfg.data, cfg.store.options())
 
     def count(self, split: str, domain: str | None = None) -> int:
-        key = f"{split}/{domain}" if domain else split
-        return int(self.manifest["counts"].get(key, 0))
+        """Examples in a split (of one domain; of all domains when None)."""
+        counts = self.manifest["counts"]
+        if domain or self.kind != "unpaired":
+            return int(counts.get(shards.shard_folder(split, domain), 0))
+        return sum(int(n) for key, n in counts.items() if key.split("/", 1)[0] == split)
+
+    def locate(self, name: str) -> tuple[str | None, str]:
+        """(domain, decoded column) of a batch name: ``sketch`` -> (None, "sketch"); an unpaired data set's
+        ``A`` -> ("A", "image") and ``A_lineart`` -> ("A", "image_lineart")."""
+        base, _, view = name.partition("_")
+        if self.kind == "unpaired":
+            if base not in shards.DOMAINS:
+                raise ValueError(f"{name!r}: an unpaired data set's batch names are domains {shards.DOMAINS} "
+                                 f"(with a view suffix, e.g. A_lineart)")
+            domain, column = base, "image"
+        else:
+            if base not in self.columns:
+                raise ValueError(f"{name!r}: a {self.kind} data set has columns {list(self.columns)}")
+            domain, column = None, base
+        if view and view not in self.cfg.views.get(column, ()):
+            raise ValueError(f"{name!r} needs data.views {{{column}: [{view}]}}")
+        return domain, f"{column}_{view}" if view else column
+
+    def decoded(self, split: str, names: list[str], n: int) -> dict[str, np.ndarray]:
+        """The first ``n`` examples of a split for each batch name, decoded at crop_size without jitter, with
+        their views (uint8, N x S x S x 3). Without Ray: small fixed sets (validation, sample grids)."""
+        out, by_domain = {}, {}
+        for name in names:
+            domain, column = self.locate(name)
+            by_domain.setdefault(domain, []).append((name, column))
+        stage = DecodeStage(self.columns, self.cfg.crop_size, self.cfg.interpolation, dict(self.cfg.views),
+                            self.cfg.lineart_target)
+        for domain, wanted in by_domain.items():
+            rows = shards.read_rows(self.uri, split=split, limit=n, options=self.options, domain=domain)
+            decoded = stage({c: np.array([r[c] for r in rows], dtype=object) for c in ("id", *self.columns)})
+            out.update({name: decoded[column] for name, column in wanted})
+        return out
+
+    def stream_datasets(self, streams: dict[str, str | None]) -> dict[str, ray.data.Dataset]:
+        """One streaming training dataset per stream a recipe declares (stream -> domain), named by the stream."""
+        return {stream: self.dataset("train", domain=domain) for stream, domain in streams.items()}
 
     def held_out_split(self, split: str | None = None) -> str:
         """``split`` if given, else the held-out split (test, else val: shards.held_out_split)."""
@@ -176,42 +210,68 @@ class ShardData:
         ds.context.execution_options.preserve_order = self.cfg.deterministic
         return ds
 
-    def collate(self, epoch: int, train: bool = True) -> Augment:
-        return Augment(self.cfg.crop_size, self.cfg.flip and train, self.cfg.seed, epoch, train)
+    def collate(self, epoch: int, train: bool = True, repeat: int = 0) -> Augment:
+        return Augment(self.cfg.crop_size, self.cfg.flip and train, self.cfg.seed, epoch, train, repeat)
 
     def iter_batches(self, source: ray.data.Dataset | ray.data.DataIterator, epoch: int = 0, train: bool = True,
-                     batch_size: int | None = None, drop_last: bool | None = None) -> Iterable[dict]:
+                     batch_size: int | None = None, drop_last: bool | None = None, repeat: int = 0) -> Iterable[dict]:
         """Torch batches for one epoch from a dataset or a Ray Train shard (``get_dataset_shard``)."""
         shuffle = self.cfg.shuffle_buffer if train and self.cfg.shuffle_buffer else None
         return source.iter_torch_batches(
             batch_size=batch_size or self.cfg.batch_size,
-            collate_fn=self.collate(epoch, train),
+            collate_fn=self.collate(epoch, train, repeat),
             local_shuffle_buffer_size=shuffle,
-            local_shuffle_seed=epoch_seed(self.cfg.seed, epoch) if shuffle else None,
+            local_shuffle_seed=epoch_seed(self.cfg.seed, epoch, repeat) if shuffle else None,
             drop_last=train if drop_last is None else drop_last,
             prefetch_batches=2,
         )
 
+    def train_batches(self, sources: dict[str, ray.data.DataIterator], streams: dict[str, str | None],
+                      epoch: int) -> Iterator[dict]:
+        """One epoch of training batches from the recipe's streams (``sources``: stream -> Ray Train shard).
+        One stream: its batches as they are. Several: zipped into one batch whose entries carry the stream's
+        name (``A``, ``A_lineart``, ``id_A``; ``id`` is the first stream's), an epoch being the longest
+        stream's pass while the shorter ones start over (CycleGAN's epoch is max(|A|, |B|))."""
+        if len(streams) == 1:
+            yield from self.iter_batches(next(iter(sources.values())), epoch=epoch)
+            return
+        names = list(streams)
+        passes = [lambda repeat, s=s: self.iter_batches(sources[s], epoch=epoch, repeat=repeat) for s in names]
+        for i, parts in enumerate(zip_streams(passes)):
+            batch: dict = {"id": parts[0]["id"]}
+            for stream, part in zip(names, parts):
+                for key, value in part.items():
+                    if key == "id":
+                        batch[f"id_{stream}"] = value
+                    else:  # "image" -> "A", "image_lineart" -> "A_lineart"
+                        batch[stream + key.removeprefix("image")] = value
+            yield batch
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+def epoch_seed(seed: int, epoch: int, repeat: int = 0) -> int:
+    return int(np.random.SeedSequence([seed, epoch] + ([repeat] if repeat else [])).generate_state(1)[0])
 
 
-def zip_domains(batches_a: Iterable[dict], batches_b: Iterable[dict]) -> Iterator[tuple[dict, dict]]:
-    """Pairs the batches of two independently shuffled domains for unpaired training. An epoch is the
-    longer domain's pass; the shorter one restarts (CycleGAN's epoch length is max(|A|, |B|))."""
-    sources = (batches_a, batches_b)
-    iterators = [iter(s) for s in sources]
-    finished = [False, False]
+def zip_streams(passes: list[Callable[[int], Iterable[dict]]]) -> Iterator[list[dict]]:
+    """Zips several batch streams for one epoch: ``passes[k](repeat)`` is stream k's ``repeat``-th pass
+    (0 first). The epoch ends when every stream has finished a pass; until then a finished stream starts its
+    next pass (so an epoch is the longest stream's pass)."""
+    repeats = [0] * len(passes)
+    iterators = [iter(p(0)) for p in passes]
+    finished = [False] * len(passes)
     while True:
-        pair = []
-        for k in (0, 1):
+        out = []
+        for k, make in enumerate(passes):
             try:
-                pair.append(next(iterators[k]))
+                out.append(next(iterators[k]))
             except StopIteration:
                 finished[k] = True
                 if all(finished):
                     return
-                iterators[k] = iter(sources[k])
-                pair.append(next(iterators[k]))
-        yield pair[0], pair[1]
+                repeats[k] += 1
+                iterators[k] = iter(make(repeats[k]))
+                try:
+                    out.append(next(iterators[k]))
+                except StopIteration:
+                    raise ValueError(f"stream {k} has no batches (fewer examples than data.batch_size?)") from None
+        yield out

@@ -27,7 +27,7 @@ def ensure_synthetic(name: str, kind: str, count: int, size: int, cfg: cfgmod.Co
 
 
 def main(args) -> None:
-    from ray_ganime import cli, train
+    from ray_ganime import evaluate, train
 
     tree = cfgmod.load_tree(DEMO_CONFIG)
     if args.config:
@@ -48,10 +48,10 @@ def main(args) -> None:
 
     cfg.data.uri = uri
     out = train.fit(cfg)
-    result = cli._evaluate(cfg, out["checkpoint"], uri, storage.join(out["run"], "eval"))
+    results, files = evaluate.evaluate_checkpoint(out["checkpoint"], cfg, uri, storage.join(out["run"], "eval"))
+    reports = ", ".join(dict.fromkeys(f["metrics"] for f in files.values()))
     print(f"\nrun folder:   {out['run']}\ncheckpoint:   {out['checkpoint']}\n"
           f"samples:      {storage.join(out['run'], 'samples')}\n"
-          f"metrics:      {storage.join(out['run'], 'metrics.jsonl')} (per epoch), "
-          f"{storage.join(out['run'], 'eval', 'metrics.json')}\n"
+          f"metrics:      {storage.join(out['run'], 'metrics.jsonl')} (per epoch), {reports}\n"
           f"tensorboard:  tensorboard --logdir {storage.join(out['run'], 'tensorboard')}\n"
-          f"held-out SSIM {result['ssim']:.3f}, FID {result['fid']:.1f}")
+          + "\n".join(evaluate.summary_lines(results, files)))

@@ -4,9 +4,13 @@ A package lives at ``<store>/models/<name>/``:
 
     generator.safetensors   the generator's state dict (float32 parameters and batch-norm buffers)
     generator.onnx          optional: the any-size generator (PadToMultiple) with dynamic batch/height/width
-    model.json              what it is: network class and arguments, input/output channels and value range,
-                            native size and size multiple, training config, validation/evaluation metrics
+    model.json              what it is: network class and arguments, input/output channels and value range
+                            (and ``input.preprocess``: the view serving applies to an upload first, as training
+                            did), native size and size multiple, training config, validation/evaluation metrics
                             (each FID with its Inception weights' id), source checkpoint, sha256 of each file
+
+A recipe with several generators (CycleGAN: ``a2b`` and ``b2a``) exports one package per generator,
+``<name>-a2b`` and ``<name>-b2a``; model.json records the ``direction`` ("" for a recipe's sole generator).
 
 ``model.json`` is written last: a folder without it is an incomplete export and is neither listed nor
 loaded. Loading reads JSON and safetensors only (no pickle) and rebuilds the network from
@@ -31,15 +35,15 @@ import warnings
 from typing import Any, Literal, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
-from ray_ganime import __version__, checkpoints, storage
+from ray_ganime import __version__, checkpoints, storage, transforms
 from ray_ganime.nets import PadToMultiple, build_generator, count_parameters
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "IMAGE_TO_IMAGE", "NOISE", "Listing", "Manifest", "PackageError", "check_manifest",
-           "export_package", "find_evaluation", "list_packages", "load_package", "package_meta", "package_uri",
-           "scan_packages", "write_package"]
+           "export_package", "export_packages", "find_evaluation", "list_packages", "load_package", "package_meta",
+           "package_name", "package_uri", "scan_packages", "write_package"]
 
 FORMAT = "ray-ganime-model"
 # Package kinds: what a generator consumes. Image-to-image generators take an image of any size (padded to
@@ -105,33 +109,43 @@ def _example_input(spec: dict) -> torch.Tensor:
     return torch.rand(1, spec["input"]["channels"], size, size, generator=g) * 2 - 1
 
 
-def find_evaluation(checkpoint_uri: str, options: storage.StoreOptions | None = None) -> dict | None:
-    """The evaluation report of this checkpoint, if one sits where the CLI writes them: ``<ckpt>_eval/``
-    (``ganime evaluate``), or ``<run>/eval/`` (``ganime train --evaluate``) when it names this checkpoint."""
+def find_evaluation(checkpoint_uri: str, options: storage.StoreOptions | None = None,
+                    direction: str = "") -> dict | None:
+    """The evaluation report of this checkpoint's ``direction``, if one sits where the CLI writes them:
+    ``<ckpt>_eval/`` (``ganime evaluate``), or ``<run>/eval/`` (``ganime train --evaluate``) when it names this
+    checkpoint; a recipe with several directions has one report per direction there (``<ckpt>_eval/a2b/``)."""
     ckpt = storage.join(checkpoint_uri)
-    beside = storage.join(ckpt + "_eval", "metrics.json")
-    in_run = storage.join(ckpt.rsplit("/", 1)[0], "eval", "metrics.json")
+    report = ("metrics.json",) if not direction else (direction, "metrics.json")
+    beside = storage.join(ckpt + "_eval", *report)
+    in_run = storage.join(ckpt.rsplit("/", 1)[0], "eval", *report)
     for uri, must_name_it in ((beside, False), (in_run, True)):
         if not storage.exists(uri, options):
             continue
-        report = storage.read_json(uri, options)
-        named = report.get("checkpoint")
+        record = storage.read_json(uri, options)
+        named = record.get("checkpoint")
         if must_name_it and not (named and storage.join(str(named).rstrip("/")) == ckpt):
             continue
-        return {**report, "report": uri}
+        return {**record, "report": uri}
     return None
 
 
+def _is_fid(key: str, prefix: str) -> bool:
+    """An FID value (``val_fid``, ``val_fid_a2b``), not the id of the weights that made it."""
+    return (key == prefix or key.startswith(prefix + "_")) and not key.endswith("_backbone")
+
+
 def _labelled_fid(metrics: dict, fid_key: str, has_backbone: bool, where: str) -> dict:
-    """``metrics`` without an FID that does not say which Inception weights produced it (not comparable)."""
-    if fid_key in metrics and not has_backbone:
-        warnings.warn(f"{where}: {fid_key} without its FID backbone id left out of the package", UserWarning,
-                      stacklevel=3)
-        return {k: v for k, v in metrics.items() if k != fid_key}
-    return metrics
+    """``metrics`` without the FIDs that do not say which Inception weights produced them (not comparable)."""
+    unlabelled = [k for k in metrics if _is_fid(k, fid_key)] if not has_backbone else []
+    if unlabelled:
+        warnings.warn(f"{where}: {', '.join(unlabelled)} without its FID backbone id left out of the package",
+                      UserWarning, stacklevel=3)
+    return {k: v for k, v in metrics.items() if k not in unlabelled}
 
 
 def _package_metrics(checkpoint_metrics: dict, evaluation: dict | None) -> dict:
+    """The checkpoint's validation metrics (every direction's: they describe the checkpoint) and the
+    package's own direction's evaluation."""
     validation = {k: v for k, v in (checkpoint_metrics or {}).items() if k.startswith("val_")}
     out = {"validation": _labelled_fid(validation, "val_fid", bool(validation.get("val_fid_backbone")),
                                        "checkpoint metrics")}
@@ -219,28 +233,91 @@ def _clear(uri: str, options: storage.StoreOptions | None) -> None:
         storage.remove(uri, recursive=True, options=options)
 
 
+def package_name(name: str, direction: str) -> str:
+    """The package of one direction: ``NAME`` for a recipe's sole generator, else ``NAME-<direction>``."""
+    return f"{name}-{direction}" if direction else name
+
+
+def _chosen_directions(recipe, wanted: list[str] | None, checkpoint: str) -> list[str]:
+    """``wanted`` (None: every direction), checked against the recipe's directions."""
+    available = list(recipe.directions())
+    wanted = available if wanted is None else ["" if d is None else d for d in wanted]
+    unknown = [d for d in wanted if d not in available]
+    if unknown:
+        names = ", ".join(repr(d) for d in available if d) or "none (one generator: give no direction)"
+        raise PackageError(f"{checkpoint}: {recipe.name} has no direction {unknown[0]!r}; its directions: {names}")
+    return list(dict.fromkeys(wanted))
+
+
+class _Checkpoint(NamedTuple):
+    """A checkpoint opened for export: its URI, meta, recipe (holding the trained networks) and what a package
+    records of its training."""
+
+    uri: str
+    meta: dict
+    recipe: Any
+    training: dict
+
+    @classmethod
+    def open(cls, checkpoint_uri: str, options: storage.StoreOptions | None) -> "_Checkpoint":
+        uri = storage.join(checkpoint_uri)
+        state, meta = checkpoints.load(uri, options)
+        recipe = checkpoints.recipe_of(state)
+        training = {"epoch": meta.get("epoch", state.get("epoch")),
+                    "global_step": meta.get("global_step", state.get("global_step")),
+                    "config": recipe.cfg.model_dump(mode="json")}
+        return cls(uri, meta, recipe, training)
+
+    def export(self, direction: str, name: str, store_uri: str, options: storage.StoreOptions | None,
+               onnx: bool, evaluation: dict | None, overwrite: bool) -> str:
+        spec = {**self.recipe.generator_spec(direction), "direction": direction}
+        net = _rebuilt_exactly(self.recipe.generator(direction).eval(), spec)
+        if evaluation is None:
+            evaluation = find_evaluation(self.uri, options, direction)
+        return write_package(net, spec, name, store_uri, recipe=self.recipe.cfg.recipe, training=self.training,
+                             metrics=_package_metrics(self.meta.get("metrics") or {}, evaluation), source=self.uri,
+                             options=options, onnx=onnx, overwrite=overwrite)
+
+
+def export_packages(checkpoint_uri: str, name: str, store_uri: str, options: storage.StoreOptions | None = None,
+                    onnx: bool = False, evaluations: dict[str, dict] | None = None, overwrite: bool = False,
+                    directions: list[str] | None = None) -> dict[str, str]:
+    """One model package per generator of a checkpoint (its recipe's ``directions()``, or only ``directions``):
+    ``NAME`` for a recipe with one generator, ``NAME-a2b`` / ``NAME-b2a`` for one with several. Returns
+    {direction: package URI}. ``evaluations``: {direction: an evaluation's metrics.json record}; a direction
+    without one looks beside the checkpoint (``find_evaluation``). ``onnx``: also ONNX graphs (the ``export``
+    extra)."""
+    package_uri(store_uri, name)  # a bad name fails before anything is read
+    if onnx:
+        _require_onnx()
+    source = _Checkpoint.open(checkpoint_uri, options)
+    chosen = _chosen_directions(source.recipe, directions, source.uri)
+    names = {d: package_name(name, d) for d in chosen}
+    for package in names.values():  # before the (slow) work, and again just before writing each
+        _refuse_existing(package_uri(store_uri, package), overwrite, options)
+    return {d: source.export(d, names[d], store_uri, options, onnx, (evaluations or {}).get(d), overwrite)
+            for d in chosen}
+
+
 def export_package(checkpoint_uri: str, name: str, store_uri: str, options: storage.StoreOptions | None = None,
-                   onnx: bool = False, evaluation: dict | None = None, overwrite: bool = False) -> str:
-    """Writes the generator of a checkpoint as model package ``name`` under ``<store_uri>/models/``; returns
-    its URI. ``evaluation``: an evaluation's metrics.json record; None looks for one beside the checkpoint
-    (``find_evaluation``). ``onnx``: also an ONNX graph (needs the ``export`` extra)."""
+                   onnx: bool = False, evaluation: dict | None = None, overwrite: bool = False,
+                   direction: str | None = None) -> str:
+    """Writes one generator of a checkpoint as model package ``name`` under ``<store_uri>/models/``; returns its
+    URI. ``direction``: which generator, for a recipe with several (``recipe.directions()``; ``export_packages``
+    writes them all, as ``NAME-<direction>``). ``evaluation``: an evaluation's metrics.json record; None looks
+    for one beside the checkpoint (``find_evaluation``). ``onnx``: also an ONNX graph (needs the ``export``
+    extra)."""
     uri = package_uri(store_uri, name)
     if onnx:
         _require_onnx()  # before anything is read or written
     _refuse_existing(uri, overwrite, options)  # before the (slow) work, and again just before writing
-    checkpoint = storage.join(checkpoint_uri)
-    state, meta = checkpoints.load(checkpoint, options)
-    recipe = checkpoints.recipe_of(state)
-    spec, cfg = recipe.generator_spec(), recipe.cfg
-    net = _rebuilt_exactly(recipe.generator().eval(), spec)
-    if evaluation is None:
-        evaluation = find_evaluation(checkpoint, options)
-    training = {"epoch": meta.get("epoch", state.get("epoch")),
-                "global_step": meta.get("global_step", state.get("global_step")),
-                "config": cfg.model_dump(mode="json")}
-    return write_package(net, spec, name, store_uri, recipe=cfg.recipe, training=training,
-                         metrics=_package_metrics(meta.get("metrics") or {}, evaluation), source=checkpoint,
-                         options=options, onnx=onnx, overwrite=overwrite)
+    source = _Checkpoint.open(checkpoint_uri, options)
+    several = [d for d in source.recipe.directions() if d]
+    if direction is None and several:
+        raise PackageError(f"{source.uri}: {source.recipe.name} has several generators ({', '.join(several)}): "
+                           f"name one with direction=, or export them all with export_packages")
+    direction, = _chosen_directions(source.recipe, [direction], source.uri)
+    return source.export(direction, name, store_uri, options, onnx, evaluation, overwrite)
 
 
 def write_package(net: nn.Module, spec: dict, name: str, store_uri: str, *, recipe: str,
@@ -258,7 +335,8 @@ def write_package(net: nn.Module, spec: dict, name: str, store_uri: str, *, reci
 
     record = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "recipe": recipe,
-        "kind": spec["kind"], "network": {"class": spec["class"], "args": spec["args"]},
+        "kind": spec["kind"], "direction": spec.get("direction", ""),
+        "network": {"class": spec["class"], "args": spec["args"]},
         "input": spec["input"], "output": spec["output"],
         "native_size": spec["native_size"], "size_multiple": spec["size_multiple"],
         "weights": {"file": WEIGHTS, "sha256": _sha256(weights), "bytes": len(weights),
@@ -304,9 +382,26 @@ class _Weights(_Open):
     parameters: int = Field(ge=0)
 
 
+class _Preprocess(BaseModel):
+    """How serving prepares an upload before the generator (as training prepared that side's images). Unknown
+    keys are errors: a step this version would skip would feed the generator the wrong input."""
+
+    model_config = ConfigDict(extra="forbid")
+    view: str
+    lineart_target: float | None = Field(None, gt=0, lt=255)
+
+    @field_validator("view")
+    @classmethod
+    def _known_view(cls, view: str) -> str:
+        if view not in transforms.VIEWS:
+            raise ValueError(f"unknown view {view!r} (this ray-ganime prepares {', '.join(transforms.VIEWS)})")
+        return view
+
+
 class _Side(_Open):
     channels: int | None = Field(None, ge=1, le=MAX_CHANNELS)
     latent_dim: int | None = Field(None, ge=1, le=MAX_LATENT_DIM)
+    preprocess: _Preprocess | None = None
 
 
 class Manifest(_Open):
@@ -327,6 +422,8 @@ class Manifest(_Open):
             raise ValueError(f"input.{needed} is missing (a {self.kind} model)")
         if self.output.channels is None:
             raise ValueError("output.channels is missing")
+        if self.input.preprocess is not None and self.kind != IMAGE_TO_IMAGE:
+            raise ValueError(f"input.preprocess prepares images; a {self.kind} model takes none")
         return self
 
     def example_shape(self) -> tuple[int, ...]:

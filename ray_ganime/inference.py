@@ -5,7 +5,8 @@ baseline run exactly this code, so the benchmark measures what Serve adds and no
 
 * image-to-image packages (Pix2Pix, CycleGAN, AnimeGAN, ...): ``translate`` takes images of any size and
   aspect ratio; the package's generator pads to its size multiple and crops back, so each output has its
-  input's size. Images of one size run as one batch.
+  input's size. Images of one size run as one batch. A package trained on a derived view of its images
+  (``input.preprocess``, e.g. CycleGANime's normalised line art) gets each upload prepared the same way first.
 * noise packages (DCGAN, StyleGAN): ``sample`` draws ``n`` images from a seed (the same seed gives the same
   images) with optional truncation, as one grid.
 """
@@ -86,6 +87,7 @@ class Generator:
         check_servable(meta)
         self.model, self.meta, self.device = model, meta, device
         self.dtype = pick_precision(precision, device)
+        self.preprocess = (meta.get("input") or {}).get("preprocess") or None
         self.model.to(memory_format=torch.channels_last)  # changes only 4-D (convolution) weights
 
     @classmethod
@@ -113,10 +115,19 @@ class Generator:
                                                     enabled=self.dtype != torch.float32):
             return transforms.to_uint8(self.model(x.to(self.device)))
 
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """An upload as the generator's training data was prepared (``input.preprocess``), else as it is."""
+        if not self.preprocess:
+            return image
+        options = {k: v for k, v in self.preprocess.items() if k == "lineart_target"}
+        return transforms.view(image, self.preprocess["view"], **options)
+
     def translate(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Each uint8 (H, W, 3) image through the generator, output (H, W, 3); one forward per size."""
+        """Each uint8 (H, W, 3) image through the generator (after ``prepare``), output (H, W, 3); one forward
+        per size."""
         if self.kind != export.IMAGE_TO_IMAGE:
             raise ValueError(f"{self.name} is a {self.kind} model: it takes a seed, not an image")
+        images = [self.prepare(image) for image in images]
         outputs: list[np.ndarray | None] = [None] * len(images)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, image in enumerate(images):

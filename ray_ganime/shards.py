@@ -227,13 +227,15 @@ def shard_paths(uri: str, manifest: dict, split: str, domain: str | None = None)
 
 
 def read_rows(uri: str, split: str | None = None, limit: int | None = None,
-              options: storage.StoreOptions | None = None) -> list[dict]:
-    """Rows as Python dicts, without Ray (inspection, tests, small tools)."""
+              options: storage.StoreOptions | None = None, domain: str | None = None) -> list[dict]:
+    """Rows as Python dicts, without Ray (inspection, tests, small tools); ``domain``: one of an unpaired
+    data set's (needs ``split``)."""
     manifest = read_manifest(uri, options)
     location = storage.resolve(uri, options)
+    prefix = shard_folder(split, domain) + "/" if split is not None else ""
     rows: list[dict] = []
     for shard in manifest["shards"]:
-        if split is not None and not shard["path"].startswith(split + "/"):
+        if not shard["path"].startswith(prefix):
             continue
         try:
             parquet = pq.ParquetFile(location.child(shard["path"]).path, filesystem=location.pa_fs)

@@ -30,7 +30,7 @@ import yaml
 
 from ray_ganime import checkpoints, images, preview, shards, storage, transforms
 from ray_ganime.config import Config
-from ray_ganime.data import DecodeStage, ShardData
+from ray_ganime.data import ShardData
 from ray_ganime.recipes import recipe_class
 
 # Ray Train V2's record of a run's registered checkpoints, in the run folder: get_checkpoint() offers its newest.
@@ -67,11 +67,44 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(folder: Path, recipe, cfg: Config, epoch: int, global_step: int, metrics: dict) -> None:
+def save_checkpoint(folder: Path, recipe, cfg: Config, epoch: int, global_step: int, metrics: dict,
+                    ranks: list[dict] | None = None) -> None:
+    """``ranks``: every rank's own state (``rank_state``), rank 0's first; None: this process's alone."""
+    ranks = ranks or [rank_state(recipe)]
     checkpoints.write(folder, {"recipe": recipe.state_dict(), "epoch": epoch, "global_step": global_step,
-                               "rng": rng_state(), "config": cfg.model_dump(mode="json")},
+                               "rng": ranks[0]["rng"], "ranks": ranks, "config": cfg.model_dump(mode="json")},
                       {"recipe": cfg.recipe, "epoch": epoch, "global_step": global_step, "metrics": metrics,
                        "config": cfg.model_dump(mode="json")})
+
+
+def rank_state(recipe) -> dict:
+    """What exact resume needs from one rank besides the shared weights: its RNG (dropout masks, noise) and
+    the recipe's per-rank state (image pools)."""
+    return {"rng": rng_state(), "recipe": recipe.rank_state()}
+
+
+def restore_rank_state(state: dict, recipe, rank: int, world: int) -> None:
+    """Rank ``rank``'s share of a checkpoint. A rank the checkpoint has no state for (checkpoints from before
+    per-rank state carry rank 0's RNG only; a run with more workers) keeps its fresh seed and state."""
+    ranks = state.get("ranks") or [{"rng": state["rng"], "recipe": {}}]
+    if "ranks" in state and len(ranks) != world and rank == 0:
+        warnings.warn(f"the checkpoint was written by {len(ranks)} worker(s), this run has {world}: "
+                      f"ranks restore their own RNG and recipe state where the checkpoint has it; "
+                      f"not an exact resume", UserWarning, stacklevel=2)
+    if rank < len(ranks):
+        set_rng_state(ranks[rank]["rng"])
+        recipe.load_rank_state(ranks[rank]["recipe"])
+
+
+def gather_rank_states(recipe, world: int) -> list[dict] | None:
+    """Every rank's ``rank_state`` on rank 0 (None on the others); one rank: its own."""
+    mine = rank_state(recipe)
+    if world == 1:
+        return [mine]
+    rank = torch.distributed.get_rank()
+    gathered = [None] * world if rank == 0 else None
+    torch.distributed.gather_object(mine, gathered, dst=0)
+    return gathered
 
 
 def resume_point(run_uri: str, resume_from: str | None, options: storage.StoreOptions | None) -> dict | None:
@@ -117,63 +150,78 @@ def _name(uri: str) -> str:
 # ------------------------------------------------------------------------------------ the worker loop
 
 
-def _decoded_rows(data: ShardData, split: str, n: int) -> dict[str, np.ndarray]:
-    """The first ``n`` examples of a split, decoded at crop_size without jitter (uint8, N x S x S x 3)."""
-    rows = shards.read_rows(data.uri, split=split, limit=n, options=data.options)
-    stage = DecodeStage(data.columns, data.cfg.crop_size, data.cfg.interpolation)
-    return stage({c: np.array([r[c] for r in rows], dtype=object) for c in ("id", *data.columns)})
-
-
-def _fixed_sample_batch(data: ShardData, n: int = 8) -> dict[str, torch.Tensor]:
+def _fixed_sample_batch(data: ShardData, recipe, n: int = 8) -> dict[str, torch.Tensor]:
     """The same few held-out examples every epoch, for the sample grids."""
-    decoded = _decoded_rows(data, shards.held_out_split(data.manifest) or "train", n)
-    return {c: transforms.to_tensor(decoded[c]) for c in data.columns}
+    split = shards.held_out_split(data.manifest) or "train"
+    return {k: transforms.to_tensor(v) for k, v in data.decoded(split, recipe.batch_names(), n).items()}
 
 
 class Validator:
-    """Rank 0's score of the generator on a fixed validation subset after every epoch: the numbers a
-    sweep ranks trials by. ``val_ssim`` (tf.image.ssim on uint8) and ``val_l1`` (mean |G(x) - y| in
-    [-1, 1], as the L1 loss) always, ``val_fid`` (FID Inception pool-3 of the subset, the real side
-    computed once) when ``eval.val_fid``. Eval mode and no random draws: the run's RNG stream, hence
-    an exact resume, is untouched."""
+    """Rank 0's score of the recipe's generators on a fixed validation subset after every epoch: the numbers a
+    sweep ranks trials by. Per direction (suffix ``_a2b`` where a recipe has several): ``val_ssim``
+    (tf.image.ssim on uint8) and ``val_l1`` (mean |G(x) - y| in [-1, 1], as the L1 loss) where the data pairs
+    input and target; ``val_fid`` (FID Inception pool-3 of the subset against real target-side images, the
+    real side computed once) when ``eval.val_fid``; with several directions also their means, and the
+    recipe's own (``validation_extras``). Eval mode and no random draws: the run's RNG stream, hence an exact
+    resume, is untouched."""
 
     def __init__(self, data: ShardData, cfg: Config, recipe, device: torch.device):
         self.split = "val" if data.count("val") else data.held_out_split(cfg.eval.split)
-        decoded = _decoded_rows(data, self.split, cfg.eval.val_images)
-        self.inputs, self.targets = decoded[recipe.input_column], decoded[recipe.target_column]
-        if len(self.inputs) < 2:
-            raise ValueError(f"{data.uri}: {len(self.inputs)} validation example(s) in split {self.split!r}; "
-                             f"need at least 2 (or set eval.val_images=0)")
+        self.directions = recipe.directions()
+        self.images = data.decoded(self.split, recipe.batch_names(), cfg.eval.val_images)
+        for name, pixels in self.images.items():
+            if len(pixels) < 2:
+                raise ValueError(f"{data.uri}: {len(pixels)} validation example(s) of {name!r} in split "
+                                 f"{self.split!r}; need at least 2 (or set eval.val_images=0)")
         self.recipe, self.device, self.batch_size = recipe, device, cfg.eval.batch_size
-        self.inception = self.real_features = None
+        self.inception, self.real_features = None, {}
         if cfg.eval.val_fid:
-            from ray_ganime import evaluate, metrics
+            from ray_ganime import metrics
 
             self.inception, self.backbone = metrics.load_fid_inception(cfg.eval.fid_weights, device)
-            self.real_features = evaluate.inception_features(self.inception, self.targets, device)
+            for d in self.directions.values():
+                self.real_features[d.target] = metrics.inception_features(self.inception, self.images[d.target],
+                                                                           device)
 
     @torch.no_grad()
     def __call__(self) -> dict:
-        from ray_ganime import evaluate, metrics
+        from ray_ganime import metrics
 
-        G = self.recipe.generator()
-        was_training = G.training
-        G.eval()
-        fakes, l1_sum = [], 0.0
-        for start in range(0, len(self.inputs), self.batch_size):
-            x = transforms.to_tensor(self.inputs[start:start + self.batch_size]).to(self.device)
-            y = transforms.to_tensor(self.targets[start:start + self.batch_size]).to(self.device)
-            with self.recipe.autocast():
-                fake = G(x).float()
-            l1_sum += (fake - y).abs().mean(dim=(1, 2, 3)).sum().item()
-            fakes.append(transforms.to_uint8(fake))
-        G.train(was_training)
-        fake = np.concatenate(fakes)
-        out = {"val_ssim": float(np.mean(metrics.ssim(fake, self.targets))), "val_l1": l1_sum / len(fake),
-               "val_split": self.split, "val_images": len(fake)}
+        out: dict = {}
+        inputs, fakes = {}, {}
+        for key, d in self.directions.items():
+            suffix = f"_{key}" if key else ""
+            G = self.recipe.generator(key)
+            was_training = G.training
+            G.eval()
+            x = transforms.to_tensor(self.images[d.source]).to(self.device)
+            batches = []
+            for start in range(0, len(x), self.batch_size):
+                with self.recipe.autocast():
+                    batches.append(G(x[start:start + self.batch_size]).float())
+            G.train(was_training)
+            inputs[key], fakes[key] = x, torch.cat(batches)
+            fake = transforms.to_uint8(fakes[key])
+            if d.paired:
+                y = transforms.to_tensor(self.images[d.target]).to(self.device)
+                out[f"val_ssim{suffix}"] = float(np.mean(metrics.ssim(fake, self.images[d.target])))
+                out[f"val_l1{suffix}"] = (fakes[key] - y).abs().mean(dim=(1, 2, 3)).mean().item()
+            if self.inception is not None:
+                features = metrics.inception_features(self.inception, fake, self.device)
+                out[f"val_fid{suffix}"] = metrics.fid_from_features(features, self.real_features[d.target], warn=False)
+        if len(self.directions) > 1:  # one number for a sweep over all of them
+            for metric in ("val_ssim", "val_l1", "val_fid"):
+                per = [out[f"{metric}_{key}"] for key in self.directions if f"{metric}_{key}" in out]
+                if len(per) == len(self.directions):
+                    out[metric] = float(np.mean(per))
+        was = {k: n.training for k, n in self.recipe.nets.items()}
+        for net in self.recipe.nets.values():
+            net.eval()
+        out.update(self.recipe.validation_extras(inputs, fakes))
+        for k, net in self.recipe.nets.items():
+            net.train(was[k])
+        out.update({"val_split": self.split, "val_images": len(next(iter(fakes.values())))})
         if self.inception is not None:
-            features = evaluate.inception_features(self.inception, fake, self.device)
-            out["val_fid"] = evaluate.fid_from_features(features, self.real_features)
             out["val_fid_backbone"] = self.backbone["name"]
         return out
 
@@ -263,9 +311,9 @@ def train_loop(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
 
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    recipe = recipe_class(cfg.recipe)(cfg, device)
+    recipe = recipe_class(cfg.recipe)(cfg, device, rank=rank)
     if world > 1:
-        # One DDP wrapper per network: the G and D steps each synchronise only their own gradients.
+        # One DDP wrapper per trained network: the G and D steps each synchronise only their own gradients.
         # No buffer broadcast: D runs twice per step (real, fake), and its BN statistics are never used.
         ids = [device.index] if device.type == "cuda" else None
         recipe.wrap(lambda net: DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False))
@@ -276,19 +324,21 @@ def train_loop(loop_config: dict) -> None:
     if state is not None:
         recipe.load_state_dict(state["recipe"])
         start_epoch, step = state["epoch"], state["global_step"]
-        if rank == 0:
-            set_rng_state(state["rng"])
+        restore_rank_state(state, recipe, rank, world)
     data = ShardData(loop_config["dataset_uri"], cfg.data, options)
-    train_shard = ray.train.get_dataset_shard("train")
+    streams = type(recipe).streams
+    sources = {stream: ray.train.get_dataset_shard(stream) for stream in streams}
     log = RunLog(uri, options, start_epoch) if rank == 0 else None
-    fixed = _to_device(_fixed_sample_batch(data), device, cfg.train.channels_last) if rank == 0 else None
+    fixed = _to_device(_fixed_sample_batch(data, recipe), device, cfg.train.channels_last) if rank == 0 else None
     validate = Validator(data, cfg, recipe, device) if rank == 0 and cfg.eval.val_images else None
     extra_checkpoints = set(loop_config.get("checkpoint_epochs", ()))
 
     for epoch in range(start_epoch, cfg.train.epochs):
         started, sums, n_steps, n_images = time.perf_counter(), defaultdict(float), 0, 0
-        for batch in data.iter_batches(train_shard, epoch=epoch):
+        recipe.epoch = epoch
+        for batch in data.train_batches(sources, streams, epoch):
             batch = _to_device(batch, device, cfg.train.channels_last)
+            recipe.global_step = step
             losses = recipe.train_step(batch)
             for k, v in losses.items():  # tensors: no host sync per step
                 sums[k] = sums[k] + v
@@ -321,9 +371,10 @@ def train_loop(loop_config: dict) -> None:
             if (epoch + 1) % cfg.train.sample_every == 0 or last or epoch == start_epoch:
                 log.samples(epoch + 1, recipe.samples(fixed))
         if checkpointed:
+            ranks = gather_rank_states(recipe, world)
             with tempfile.TemporaryDirectory() as folder:
                 if rank == 0:
-                    save_checkpoint(Path(folder), recipe, cfg, epoch + 1, step, metrics)
+                    save_checkpoint(Path(folder), recipe, cfg, epoch + 1, step, metrics, ranks)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None,
                                  checkpoint_dir_name=checkpoints.folder_name(epoch + 1))
         else:
@@ -351,12 +402,13 @@ def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
     from ray_ganime.runtime import init_ray
 
     recipe_cls = recipe_class(cfg.recipe)
-    recipe_cls.validate(recipe_cls.ModelOptions, cfg.model, "model")  # fail before any worker starts
-    recipe_cls.validate(recipe_cls.LossOptions, cfg.loss, "loss")
+    recipe = recipe_cls.unbuilt(cfg)  # its options checked: fail before any worker starts
     options = cfg.store.options()
     data = ShardData.from_config(cfg)  # the store's first use: an unreachable one fails here, before Ray starts
     if data.kind != recipe_cls.task:
         raise ValueError(f"recipe {cfg.recipe} trains on {recipe_cls.task} data, but {data.uri} is {data.kind}")
+    for name in recipe.batch_names():  # e.g. A_lineart without data.views {image: [lineart]}
+        data.locate(name)
     if run_uri is not None:
         name = run_uri.rstrip("/").rsplit("/", 1)[-1]
     else:
@@ -385,7 +437,7 @@ def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
             name=name, storage_path=runs.path, storage_filesystem=runs.pa_fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures), callbacks=list(callbacks),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
-        datasets={"train": data.dataset("train")},
+        datasets=data.stream_datasets(recipe_cls.streams),
         dataset_config=ray.train.DataConfig(
             execution_options=ray.data.ExecutionOptions(preserve_order=cfg.data.deterministic)),
     )

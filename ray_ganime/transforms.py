@@ -360,6 +360,31 @@ def normalize_lineart_batch(
     return _map_images(normalize_lineart, batch, target, max_iter, white)
 
 
+# ---------------------------------------------------------------------------------------------- views
+
+# The derived views a data set can add to an image column (data.views) and a model package can ask serving to
+# apply to an upload (input.preprocess.view): the same function in both places, so served inputs are prepared
+# exactly as training's were.
+VIEWS = ("gray", "smooth", "smooth_gray", "lineart")
+
+
+def view(image: np.ndarray, name: str, lineart_target: float = 200.0) -> np.ndarray:
+    """One uint8 (H, W, 3) image as derived view ``name`` (one of ``VIEWS``), uint8 (H, W, 3).
+
+    ``gray``: ``grayscale``; ``smooth``: ``edge_smooth``; ``smooth_gray``: gray of the edge-smoothed image;
+    ``lineart``: ``normalize_lineart`` to ``lineart_target``.
+    """
+    if name == "gray":
+        return grayscale(_check_image(image))
+    if name == "smooth":
+        return edge_smooth(image)
+    if name == "smooth_gray":
+        return grayscale(edge_smooth(image))
+    if name == "lineart":
+        return normalize_lineart(_check_image(image), target=lineart_target)
+    raise ValueError(f"unknown view {name!r}; expected one of {list(VIEWS)}")
+
+
 # ---------------------------------------------------------------------------------------------- torch
 
 

@@ -12,7 +12,9 @@ Per sweep, under ``<store>/sweeps/<name>/``:
     <trial_id>/           Tune's own records of the trial;  experiment_state-*.json: Tune's resume state
     results.csv, results.md   one row per trial: config values, metrics, epochs run, stopped early or not
     objective.png         the objective over epochs, one line per trial
-The best trial's final checkpoint becomes a model package (``<store>/models/<export_name>``).
+The best trial's final checkpoint becomes a model package per generator (``<store>/models/<export_name>``, or
+``<export_name>-a2b`` and ``-b2a`` for a recipe with several). The objective (``tune.metric``) is any
+per-epoch validation metric the recipe reports (``recipe.metric_names()``), checked before a trial starts.
 """
 
 from __future__ import annotations
@@ -99,6 +101,16 @@ def check_space(base: dict, space: dict[str, dict]) -> Config:
         recipe.validate(recipe.LossOptions, cfg.loss, "loss")
         first = first or cfg
     return first
+
+
+def check_metric(cfg: Config) -> None:
+    """ConfigError unless ``tune.metric`` is a per-epoch validation metric of the recipe (listing those)."""
+    from ray_ganime.recipes import recipe_class
+
+    names = recipe_class(cfg.recipe).unbuilt(cfg).metric_names()
+    if cfg.tune.metric not in names:
+        raise ConfigError(f"tune.metric={cfg.tune.metric!r}: recipe {cfg.recipe} does not report it; its per-epoch "
+                          f"validation metrics are {', '.join(names)}")
 
 
 def tune_domains(space: dict[str, dict], search: str) -> dict[str, Any]:
@@ -213,7 +225,8 @@ def run(tree: dict, resume: str | None = None) -> dict:
     t = cfg.tune
     if not cfg.eval.val_images:
         raise ConfigError("a sweep ranks trials by per-epoch validation: eval.val_images must be > 0")
-    if t.metric == "val_fid":
+    check_metric(cfg)
+    if "fid" in t.metric:
         base["eval"] = {**base.get("eval", {}), "val_fid": True}
     name = resume or t.name or f"sweep-{cfg.recipe}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}"
     uri = sweep_uri(cfg.store.uri, name)
@@ -260,7 +273,7 @@ def run(tree: dict, resume: str | None = None) -> dict:
     best = (max if t.resolved_mode() == "max" else min)(finished, key=lambda r: r["objective"])
     out["best"] = best
     if t.export:
-        out["package"] = export_best(best, cfg, t.export_name or name, overwrite=bool(resume))
+        out["packages"] = export_best(best, cfg, t.export_name or name, overwrite=bool(resume))
     return out
 
 
@@ -313,13 +326,20 @@ def trial_rows(grid, cfg: Config, uri: str, keys: list[str]) -> list[dict]:
         rows.append({
             "trial": trial_id, **{k: config.get(k) for k in keys},
             "objective": last.get(cfg.tune.metric),
-            **{m: last.get(m) for m in ("val_ssim", "val_l1", "val_fid") if m in last},
+            **validation_metrics(last),
             "epochs": epochs,
             "status": "error" if result.error else ("stopped early" if epochs < cfg.train.epochs else "completed"),
             "checkpoint": checkpoints.uri_of(cfg.store.uri, checkpoint) if checkpoint else None,
             "run": run, "history": [(h["epoch"], h.get(cfg.tune.metric)) for h in history],
         })
     return sorted(rows, key=lambda r: r["trial"])
+
+
+def validation_metrics(epoch: dict) -> dict[str, float]:
+    """The per-epoch validation metrics a run logged for one epoch (``val_*`` numbers; not the split, the image
+    count or the FID weights' name)."""
+    return {k: v for k, v in epoch.items() if k.startswith("val_") and k != "val_images"
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _history(run: str, options) -> list[dict]:
@@ -340,7 +360,8 @@ def write_results(rows: list[dict], cfg: Config, uri: str, keys: list[str], opti
     import pandas as pd
 
     metric, mode = cfg.tune.metric, cfg.tune.resolved_mode()
-    columns = ["trial", *keys, "objective", "val_ssim", "val_l1", "val_fid", "epochs", "status", "checkpoint"]
+    logged = list(dict.fromkeys(k for r in rows for k in r if k.startswith("val_")))
+    columns = ["trial", *keys, "objective", *logged, "epochs", "status", "checkpoint"]
     table = pd.DataFrame([{c: r.get(c) for c in columns} for r in rows], columns=columns).dropna(axis=1, how="all")
     table = table.rename(columns={"objective": metric}).loc[:, lambda df: ~df.columns.duplicated()]
     uris = {"csv": storage.join(uri, "results.csv"), "markdown": storage.join(uri, "results.md"),
@@ -383,13 +404,14 @@ def _plot(rows: list[dict], metric: str, keys: list[str]) -> bytes:
     return buffer.getvalue()
 
 
-def export_best(best: dict, cfg: Config, name: str, overwrite: bool) -> str:
-    """The best trial's final checkpoint as a model package, evaluated first when tune.evaluate_best."""
+def export_best(best: dict, cfg: Config, name: str, overwrite: bool) -> dict[str, str]:
+    """The best trial's final checkpoint as model packages, one per generator ({direction: URI};
+    ``export.export_packages``), every direction evaluated first when tune.evaluate_best."""
     from ray_ganime import evaluate, export
 
-    evaluation = None
+    evaluations = None
     if cfg.tune.evaluate_best:
         _, files = evaluate.evaluate_checkpoint(best["checkpoint"], cfg, out_uri=storage.join(best["run"], "eval"))
-        evaluation = storage.read_json(files["metrics"], cfg.store.options())
-    return export.export_package(best["checkpoint"], name, cfg.store.uri, cfg.store.options(),
-                                 evaluation=evaluation, overwrite=overwrite)
+        evaluations = {d: storage.read_json(f["metrics"], cfg.store.options()) for d, f in files.items()}
+    return export.export_packages(best["checkpoint"], name, cfg.store.uri, cfg.store.options(),
+                                  evaluations=evaluations, overwrite=overwrite)

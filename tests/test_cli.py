@@ -44,10 +44,20 @@ def test_synth_is_deterministic_through_the_cli(tmp_path):
     assert sum(v for k, v in counts.items() if k.endswith("/A")) == 6
 
 
-def test_recipes_lists_canonical_parameter_counts(capsys):
+def test_recipes_lists_canonical_parameter_counts_generators_and_metrics(capsys):
     assert main(["recipes", "--size", "256"]) == 0
     out = capsys.readouterr().out
     assert "54,413,955" in out and "2,768,705" in out
+    lines = out.splitlines()
+    # The generators a user serves (one package each) and the objectives a sweep may rank by.
+    assert any(line.split()[:2] == ["pix2pix", "(none)"] and "G, sketch -> color (paired)" in line for line in lines)
+    assert any(line.split()[:2] == ["cyclegan", "-a2b"] and "G_A, A -> B (unpaired)" in line for line in lines)
+    assert any(line.split()[:2] == ["cyclegan", "-b2a"] and "G_B, B -> A (unpaired)" in line for line in lines)
+    metrics = {line.split()[0]: line.split(None, 1)[1] for line in lines[lines.index(next(
+        line for line in lines if "per-epoch validation metrics" in line)) + 1:]}
+    assert metrics["pix2pix"] == "val_ssim, val_l1, val_fid"
+    assert metrics["cyclegan"] == ("val_fid_a2b, val_fid_b2a, val_fid, val_cycle_l1_a, val_cycle_l1_b, "
+                                   "val_cycle_l1")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -10,7 +10,7 @@ from torch import nn
 
 from ray_ganime import evaluate, images, shards, storage
 from ray_ganime.config import DataConfig
-from ray_ganime.data import ShardData, zip_domains
+from ray_ganime.data import ShardData
 
 pytestmark = pytest.mark.ray
 SIZE = 32
@@ -104,12 +104,15 @@ def test_unpaired_streams_each_domain(tmp_path, ray_session):
     data = ShardData(uri, cfg(load_size=16, crop_size=16, batch_size=2))
     with pytest.raises(ValueError, match="domain"):
         data.dataset("train")
-    a = data.iter_batches(data.dataset("train", domain="A"))
-    b = data.iter_batches(data.dataset("train", domain="B"))
-    steps = list(zip_domains(a, b))
+    assert data.count("train") == 14 and data.count("train", "A") == 10
+    sources = data.stream_datasets({"A": "A", "B": "B"})
+    steps = list(data.train_batches(sources, {"A": "A", "B": "B"}, epoch=0))
     assert len(steps) == 5  # the longer domain's pass; B (2 batches) restarts
-    for x, y in steps:
-        assert (x["image"] == -1).all() and (y["image"] == 1).all()
+    for batch in steps:
+        assert (batch["A"] == -1).all() and (batch["B"] == 1).all() and "image" not in batch
+        assert batch["id"] == batch["id_A"] and all(i.startswith("B") for i in batch["id_B"])
+    decoded = data.decoded("train", ["A", "B"], 3)
+    assert decoded["A"].shape == (3, 16, 16, 3) and (decoded["A"] == 0).all() and (decoded["B"] == 255).all()
 
 
 @pytest.mark.s3

@@ -1,5 +1,6 @@
 """Held-out evaluation through Ray Data: SSIM/FID values, the random-init label, the report, the row count,
-and that the Ray path computes exactly what a plain loop on the driver computes."""
+and that the Ray path computes exactly what a plain loop on the driver computes; for an unpaired direction
+(two domains, FID only) too, and a CycleGAN checkpoint's report of both its directions."""
 
 from __future__ import annotations
 
@@ -11,15 +12,21 @@ import pytest
 import torch
 from torch import nn
 
-from ray_ganime import evaluate, images, metrics, preview, shards, storage, transforms
-from ray_ganime.config import DataConfig
+from pathlib import Path
+
+from ray_ganime import evaluate, images, metrics, preview, shards, storage, train, transforms
+from ray_ganime.config import DataConfig, load_config
 from ray_ganime.data import DecodeStage, ShardData
+from ray_ganime.recipes import Direction, recipe_class
 
 pytestmark = [pytest.mark.ray,
               pytest.mark.filterwarnings("ignore:FID computed from only:UserWarning"),
               pytest.mark.filterwarnings("ignore:RANDOM-INIT INCEPTION:UserWarning")]
 SIZE = 32
 N_TEST = 8  # each image costs two Inception-v3 passes at 299 px on the CPU: keep the split small
+PAIRED = Direction("G", source="sketch", target="color", paired=True)  # Pix2Pix's
+A2B = Direction("G_A", source="A", target="B", paired=False)  # CycleGAN's
+N_A, N_B = 6, 5  # test images per domain of the unpaired set: unequal, as domains are
 
 
 def _image(i: int) -> np.ndarray:
@@ -65,7 +72,7 @@ def run(data: ShardData, name: str) -> tuple[dict, list[str]]:
         generator = {"identity": nn.Identity, "gray": gray_generator}[name]()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = evaluate.evaluate_generator(generator, data, fid_weights="random", batch_size=8,
+            result = evaluate.evaluate_generator(generator, data, PAIRED, fid_weights="random", batch_size=8,
                                                  max_images=MAX_IMAGES if name == "identity" else None)
         _RESULTS[name] = result, [str(w.message) for w in caught]
     return _RESULTS[name]
@@ -91,9 +98,9 @@ def test_max_images_limits_the_count(data):
     assert any(f"FID computed from only {MAX_IMAGES} images" in m for m in messages)
     assert any(m.startswith("RANDOM-INIT INCEPTION") for m in messages)
     with pytest.raises(ValueError, match="columns"):
-        evaluate.evaluate_generator(nn.Identity(), data, input_column="image", fid_weights="random")
+        evaluate.evaluate_generator(nn.Identity(), data, Direction("G", "image", "color", True), fid_weights="random")
     with pytest.raises(ValueError, match="max_images"):
-        evaluate.evaluate_generator(nn.Identity(), data, max_images=1, fid_weights="random")
+        evaluate.evaluate_generator(nn.Identity(), data, PAIRED, max_images=1, fid_weights="random")
 
 
 def test_gray_generator_scores_worse(data):
@@ -147,7 +154,7 @@ def test_streamed_statistics_and_fid_equal_the_plain_formula(n, dim):
     rng = np.random.default_rng(n)
     a = rng.normal(3.0, 1.0, (n, dim)) * rng.uniform(0.1, 2.0, dim)
     b = rng.normal(3.2, 1.5, (n, dim))
-    fake, real = evaluate._Moments(keep_rows=(dim - 2) // 2), evaluate._Moments(keep_rows=(dim - 2) // 2)
+    fake, real = metrics.moments_pair(dim)
     for lo in range(0, n, 4):  # batches of 4, the last one partial
         fake.add(a[lo:lo + 4].astype(np.float32))
         real.add(b[lo:lo + 4].astype(np.float32))
@@ -159,16 +166,16 @@ def test_streamed_statistics_and_fid_equal_the_plain_formula(n, dim):
         np.testing.assert_allclose(moments.statistics()[1], sigma, rtol=1e-9, atol=1e-12)
     direct = metrics.frechet_distance(*metrics.feature_statistics(a), *metrics.feature_statistics(b))
     exact = sample_space_fid(a, b)  # the direct formula adds ~1e-8 relative of round-off when S is singular
-    assert evaluate._fid(fake, real) == pytest.approx(exact, rel=1e-10)
-    assert evaluate._fid(fake, real) == pytest.approx(direct, rel=1e-6)
-    assert abs(evaluate._fid(fake, fake)) < 1e-9 * exact
+    assert metrics.fid_of_moments(fake, real) == pytest.approx(exact, rel=1e-10)
+    assert metrics.fid_of_moments(fake, real) == pytest.approx(direct, rel=1e-6)
+    assert abs(metrics.fid_of_moments(fake, fake)) < 1e-9 * exact
 
 
 def test_ray_path_matches_a_plain_loop(data):
     """FID and SSIM from the Ray actors equal those computed on the driver from the same rows, without
     Ray: nothing lost, nothing counted twice, the same decode and quantisation."""
     generator = random_generator()
-    result = evaluate.evaluate_generator(generator, data, fid_weights="random", batch_size=5)  # uneven batches
+    result = evaluate.evaluate_generator(generator, data, PAIRED, fid_weights="random", batch_size=5)  # uneven batches
 
     rows = shards.read_rows(data.uri, split="test")
     stage = DecodeStage(data.columns, data.cfg.crop_size, data.cfg.interpolation)
@@ -191,3 +198,104 @@ def test_ray_path_matches_a_plain_loop(data):
     ssim = metrics.ssim(fake, real)
     assert result["ssim"] == pytest.approx(float(ssim.mean()), abs=1e-12)
     assert result["ssim_std"] == pytest.approx(float(ssim.std()), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ unpaired
+
+
+@pytest.fixture(scope="module")
+def unpaired(tmp_path_factory, ray_session) -> ShardData:
+    """Two domains: A the blobs, B their negatives (another distribution); N_A / N_B test rows, 2 train rows
+    each."""
+    uri = str(tmp_path_factory.mktemp("eval") / "domains")
+    with shards.ShardWriter(uri, "unpaired") as w:
+        for domain, n, draw in (("A", N_A, _image), ("B", N_B, lambda i: 255 - _image(100 + i))):
+            for i in range(n + 2):
+                w.write({"id": f"{domain}{i:03d}", "split": "test" if i < n else "train", "domain": domain,
+                         "width": SIZE, "height": SIZE, "source": "test", "image": images.encode_png(draw(i))})
+    cfg = DataConfig(load_size=SIZE, crop_size=SIZE, map_batch_size=4, batch_size=4, seed=0)
+    return ShardData(uri, cfg)
+
+
+def test_unpaired_direction_is_fid_of_generated_source_against_real_target(unpaired):
+    """Identity A -> B: the FID of the A images against the B images, as computed by hand from their
+    Inception features; no SSIM (nothing pairs an A with a B)."""
+    result = evaluate.evaluate_generator(nn.Identity(), unpaired, A2B, fid_weights="random", batch_size=4)
+
+    decoded = unpaired.decoded("test", ["A", "B"], 100)  # without Ray: every test image of each domain
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inception, ident = metrics.load_fid_inception("random")
+    feats = {k: metrics.inception_features(inception, v, "cpu") for k, v in decoded.items()}
+    expected = metrics.fid_from_features(feats["A"], feats["B"], warn=False)
+
+    assert len(decoded["A"]) == N_A and len(decoded["B"]) == N_B
+    assert result["num_images"] == N_A and result["num_real"] == N_B
+    assert result["split"] == "test" and result["fid_backbone"] == ident
+    assert (result["source"], result["target"]) == ("A", "B")
+    assert expected > 0 and result["fid"] == pytest.approx(expected, rel=1e-6)
+    assert "ssim" not in result and "ssim_std" not in result
+    assert len(result["samples"]) == N_A
+    for row in result["samples"]:  # input | output, no target
+        assert len(row) == 2 and row[0].shape == (SIZE, SIZE, 3) and np.array_equal(row[0], row[1])
+    assert any(np.array_equal(result["samples"][0][0], a) for a in decoded["A"])
+
+
+def test_a_paired_direction_across_domains_is_refused(unpaired):
+    with pytest.raises(ValueError, match="different domains"):
+        evaluate.evaluate_generator(nn.Identity(), unpaired, Direction("G", "A", "B", True), fid_weights="random")
+    with pytest.raises(ValueError, match="domains"):  # a paired set's names on an unpaired set
+        evaluate.evaluate_generator(nn.Identity(), unpaired, PAIRED, fid_weights="random")
+
+
+def _cyclegan_checkpoint(folder: Path, data_uri: str) -> str:
+    cfg = load_config(None, ["recipe=cyclegan", "model.ngf=8", "model.ndf=8", "model.n_blocks=2",
+                             f"data.load_size={SIZE}", f"data.crop_size={SIZE}", f"data.uri={data_uri}"])
+    torch.manual_seed(0)
+    recipe = recipe_class("cyclegan")(cfg, "cpu")
+    folder.mkdir(parents=True)
+    train.save_checkpoint(folder, recipe, cfg, epoch=2, global_step=4, metrics={"epoch": 2})
+    return str(folder)
+
+
+def test_cyclegan_checkpoint_reports_every_direction(unpaired, tmp_path):
+    ckpt = _cyclegan_checkpoint(tmp_path / "run" / "checkpoint_epoch_0002", unpaired.uri)
+    cfg = load_config(None, ["eval.fid_weights=random", "eval.batch_size=4"])
+    results, files = evaluate.evaluate_checkpoint(ckpt, cfg)
+
+    out = Path(ckpt + "_eval")
+    assert set(results) == set(files) == {"a2b", "b2a"}
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "a2b/metrics.json", "a2b/samples.png", "b2a/metrics.json", "b2a/samples.png", "results.md"]
+    for direction, (source, target, n, n_real) in {"a2b": ("A", "B", N_A, N_B), "b2a": ("B", "A", N_B, N_A)}.items():
+        result = results[direction]
+        assert result["model"] == f"CycleGAN {direction}" and "ssim" not in result
+        assert (result["source"], result["target"]) == (source, target)
+        assert (result["num_images"], result["num_real"]) == (n, n_real)
+        assert result["fid"] > 0 and result["fid_warning"] == evaluate.RANDOM_INIT_WARNING
+        record = json.loads((out / direction / "metrics.json").read_text())
+        assert record["direction"] == direction and record["model"] == f"CycleGAN {direction}"
+        assert record["checkpoint"] == ckpt and record["epoch"] == 2 and record["fid"] == result["fid"]
+        assert "ssim" not in record and "samples" not in record
+        assert files[direction] == {"metrics": str(out / direction / "metrics.json"),
+                                    "markdown": str(out / "results.md"),
+                                    "samples": str(out / direction / "samples.png")}
+        sheet = images.decode_rgb((out / direction / "samples.png").read_bytes())
+        tile, pad = preview.sample_tile_size(SIZE), 4
+        assert sheet.shape == (n * (tile + pad) + pad, 2 * (tile + pad) + pad, 3)  # input | output per line
+
+    lines = (out / "results.md").read_text().splitlines()
+    assert lines[:2] == ["| model | FID | SSIM |", "|---|---|---|"]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:4]]
+    assert [r[0] for r in rows] == ["CycleGAN a2b", "CycleGAN b2a"] and [r[2] for r in rows] == ["-", "-"]
+    for row, direction in zip(rows, ("a2b", "b2a")):
+        assert "random-init Inception: not comparable" in row[1]
+        assert float(row[1].split()[0]) == pytest.approx(results[direction]["fid"], rel=1e-3)
+    text = "\n".join(lines)
+    assert lines[4] == "" and lines[5].startswith(f"CycleGAN a2b: {N_A} images generated from 'A' against {N_B} real 'B'")
+    assert lines[6].startswith(f"CycleGAN b2a: {N_B} images generated from 'B' against {N_A} real 'A'")
+    assert text.count("RANDOM-INIT INCEPTION") == 1
+
+    summary = evaluate.summary_lines(results, files)
+    assert summary[0].startswith("CycleGAN a2b: FID") and "SSIM" not in summary[0]
+    assert sum(line.startswith("markdown:") for line in summary) == 1

@@ -247,3 +247,102 @@ def test_cli_export_of_a_folder_that_is_no_checkpoint(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("ganime: error:") and "not a ray-ganime checkpoint" in err
     assert not (tmp_path / "store").exists()
+
+
+# ----------------------------------------------------------------------------- several generators (CycleGAN)
+
+
+def _cyclegan_checkpoint(folder: Path, *overrides: str) -> str:
+    cfg = load_config(None, ["recipe=cyclegan", "model.ngf=8", "model.ndf=8", "model.n_blocks=2",
+                             f"data.load_size={SIZE}", f"data.crop_size={SIZE}", *overrides])
+    torch.manual_seed(0)
+    recipe = recipe_class("cyclegan")(cfg, "cpu")
+    recipe.train_step(recipe.example_batch(2, seed=1))  # weights that are no longer their initial values
+    folder.mkdir(parents=True)
+    train.save_checkpoint(folder, recipe, cfg, epoch=2, global_step=2,
+                          metrics={"epoch": 2, "val_fid_a2b": 11.0, "val_fid_b2a": 13.0, "val_fid": 12.0,
+                                   "val_cycle_l1": 0.3, "val_fid_backbone": "pt_inception-test"})
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def cyclegan(tmp_path_factory) -> str:
+    """A CycleGAN checkpoint with an evaluation report per direction beside it (as `ganime evaluate`)."""
+    from ray_ganime import evaluate
+
+    ckpt = _cyclegan_checkpoint(tmp_path_factory.mktemp("cycle") / "checkpoint_epoch_0002")
+    results = {d: {"fid": fid, "num_images": 8, "num_real": 9, "fid_backbone": BACKBONE, "split": "test",
+                   "source": s, "target": t, "samples": [], "model": f"CycleGAN {d}"}
+               for d, fid, s, t in (("a2b", 21.0, "A", "B"), ("b2a", 23.0, "B", "A"))}
+    evaluate.write_reports(results, ckpt + "_eval", extra={"checkpoint": ckpt, "epoch": 2})
+    return ckpt
+
+
+def test_each_direction_is_its_own_package_with_bitwise_its_generator(cyclegan, tmp_path):
+    uris = export.export_packages(cyclegan, "cycle", str(tmp_path))
+    assert uris == {"a2b": str(tmp_path / "models" / "cycle-a2b"), "b2a": str(tmp_path / "models" / "cycle-b2a")}
+    recipe = checkpoints.recipe_of(checkpoints.load(cyclegan)[0])
+    for direction, (source, target, fid) in {"a2b": ("A", "B", 21.0), "b2a": ("B", "A", 23.0)}.items():
+        model, meta = export.load_package(uris[direction])
+        assert meta["name"] == f"cycle-{direction}" and meta["direction"] == direction and meta["recipe"] == "cyclegan"
+        assert (meta["input"]["column"], meta["output"]["column"]) == (source, target)
+        assert "preprocess" not in meta["input"]  # trained on the images as they are
+        assert meta["metrics"]["evaluation"]["fid"] == fid  # its own direction's report
+        validation = meta["metrics"]["validation"]  # the checkpoint's, every direction's
+        assert validation["val_fid_a2b"] == 11.0 and validation["val_cycle_l1"] == 0.3
+        x = _images(2, 3, SIZE, SIZE, seed=4)
+        with torch.no_grad():
+            assert torch.equal(model(x), recipe.generator(direction).eval()(x))
+    a2b, _ = export.load_package(uris["a2b"])
+    with torch.no_grad():  # two different generators, not one exported twice
+        assert not torch.equal(a2b(x), recipe.generator("b2a").eval()(x))
+
+
+def test_a_chosen_direction_exports_one_package(cyclegan, tmp_path):
+    assert export.export_packages(cyclegan, "cycle", str(tmp_path), directions=["b2a"]) == {
+        "b2a": str(tmp_path / "models" / "cycle-b2a")}
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["cycle-b2a"]
+    uri = export.export_package(cyclegan, "just-a2b", str(tmp_path), direction="a2b")
+    assert export.package_meta(uri)["direction"] == "a2b" and uri.endswith("/just-a2b")
+
+
+def test_unknown_or_missing_directions_are_clear_errors(cyclegan, checkpoint, tmp_path):
+    with pytest.raises(export.PackageError, match="no direction 'x2y'; its directions: 'a2b', 'b2a'"):
+        export.export_packages(cyclegan, "cycle", str(tmp_path), directions=["x2y"])
+    with pytest.raises(export.PackageError, match="several generators .*a2b, b2a.*direction="):
+        export.export_package(cyclegan, "cycle", str(tmp_path))
+    with pytest.raises(export.PackageError, match="no direction 'a2b'.*one generator"):
+        export.export_package(checkpoint, "p", str(tmp_path), direction="a2b")
+    assert not (tmp_path / "models").exists()
+    # A recipe with one generator: one package, the name as given, direction "".
+    assert export.export_packages(checkpoint, "p", str(tmp_path)) == {"": str(tmp_path / "models" / "p")}
+    assert export.package_meta(str(tmp_path / "models" / "p"))["direction"] == ""
+
+
+def test_a_view_trained_generator_records_how_to_prepare_inputs(tmp_path):
+    ckpt = _cyclegan_checkpoint(tmp_path / "ckpt", "model.view=lineart", "data.views={image: [lineart]}")
+    uri = export.export_package(ckpt, "lines", str(tmp_path / "store"), direction="b2a")
+    meta = export.package_meta(uri)
+    assert meta["input"]["preprocess"] == {"view": "lineart", "lineart_target": 185.0}
+    assert (meta["input"]["column"], meta["output"]["column"]) == ("B_lineart", "A_lineart")
+    for preprocess, reason in (({"view": "sepia"}, "input.preprocess.view: unknown view 'sepia'"),
+                               ({"view": "lineart", "lineart_target": 300}, "lineart_target"),
+                               ({"view": "gray", "resize": 2}, "resize")):
+        bad = {**meta, "input": {**meta["input"], "preprocess": preprocess}}
+        with pytest.raises(export.PackageError, match=reason):
+            export.check_manifest(bad)
+
+
+def test_cli_exports_every_direction_or_the_one_asked_for(cyclegan, tmp_path, capsys):
+    store = str(tmp_path / "store")
+    assert main(["export", cyclegan, "--name", "c", "--dest", store, "--direction", "b2a"]) == 0
+    out = capsys.readouterr().out
+    assert f"{store}/models/c-b2a" in out and "c-a2b" not in out and "(b2a: B -> A)" in out
+    assert "val FID 13 [pt_inception-test]" in out and "eval FID 23" in out  # b2a's own numbers
+    assert main(["export", cyclegan, "--name", "c", "--dest", store, "--direction", "sideways"]) == 2
+    assert "no direction 'sideways'" in capsys.readouterr().err
+    assert main(["export", cyclegan, "--name", "c", "--dest", store, "--overwrite"]) == 0
+    assert main(["models", "--store", store]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("c-")}
+    assert set(rows) == {"c-a2b", "c-b2a"} and "val FID 11" in rows["c-a2b"] and "eval FID 21" in rows["c-a2b"]

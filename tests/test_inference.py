@@ -104,3 +104,25 @@ def test_noise_packages_load_without_padding_and_refuse_onnx(tmp_path, generator
     net = build_generator(dcgan_spec()["class"], dcgan_spec()["args"])
     with pytest.raises(export.PackageError, match="ONNX"):
         export.write_package(net, dcgan_spec(), "x", str(tmp_path), recipe="dcgan", onnx=True)
+
+
+def test_a_package_trained_on_line_art_gets_its_uploads_normalised_first(tmp_path):
+    from serving import seeded_net, unet_spec
+
+    spec = unet_spec()
+    spec["input"] = {**spec["input"], "preprocess": {"view": "lineart", "lineart_target": 185.0}}
+    uri = export.write_package(seeded_net(spec, 4), spec, "lines", str(tmp_path), recipe="cyclegan")
+    g = inference.Generator.load(uri, "cpu", precision="float32")
+    plain = inference.Generator(g.model, {**g.meta, "input": unet_spec()["input"]}, g.device, precision="float32")
+    image = random_image(32, 48, 6)
+    prepared = transforms.normalize_lineart(image, target=185.0)
+    assert np.array_equal(g.prepare(image), prepared) and np.array_equal(plain.prepare(image), image)
+
+    x = transforms.to_tensor(prepared[None])
+    with torch.no_grad():
+        expected = transforms.to_uint8(g.model(x))[0]
+    got = g.translate([image])[0]
+    assert got.shape == image.shape
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # channels-last order of additions
+    # The generator saw the normalised image, not the upload.
+    assert np.abs(got.astype(int) - plain.translate([image])[0].astype(int)).mean() > 5

@@ -374,9 +374,10 @@ def test_validator_scores_the_subset_without_touching_the_rng(tmp_path):
     assert torch.equal(torch.get_rng_state(), rng) and recipe.nets["G"].training
     assert scores["val_images"] == 6 and scores["val_split"] == "test"
     G = recipe.nets["G"].eval()
-    sketch, colour = (transforms.to_tensor(validate.inputs), transforms.to_tensor(validate.targets))
+    sketch, colour = (transforms.to_tensor(validate.images[k]) for k in ("sketch", "color"))
     with torch.no_grad():
         fake = G(sketch)
     assert scores["val_l1"] == pytest.approx((fake - colour).abs().mean().item(), rel=1e-5)
-    assert scores["val_ssim"] == pytest.approx(float(np.mean(metrics.ssim(transforms.to_uint8(fake), validate.targets))))
+    assert scores["val_ssim"] == pytest.approx(float(np.mean(metrics.ssim(transforms.to_uint8(fake),
+                                                                          validate.images["color"]))))
     assert np.isfinite(scores["val_fid"]) and "RANDOM" in scores["val_fid_backbone"]

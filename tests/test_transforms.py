@@ -366,6 +366,27 @@ def test_normalize_lineart_gray_input_and_batch():
         np.testing.assert_array_equal(out[i], T.normalize_lineart(batch[i][..., 0]))
 
 
+# ----------------------------------------------------------------------------------------------- views
+
+
+def test_each_view_is_its_transform_and_keeps_the_shape():
+    rng = np.random.default_rng(5)
+    image = line_art(rng, 40, 0, 90)
+    image[5:15, 5:30] = (200, 30, 60)  # a coloured block: gray and smooth differ from the input
+    expected = {"gray": T.grayscale(image), "smooth": T.edge_smooth(image),
+                "smooth_gray": T.grayscale(T.edge_smooth(image)), "lineart": T.normalize_lineart(image, target=185.0)}
+    assert set(expected) == set(T.VIEWS)
+    for name, want in expected.items():
+        got = T.view(image, name, lineart_target=185.0)
+        assert got.shape == image.shape and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(T.view(image, "lineart", 185.0), T.view(image, "lineart", 120.0))
+    with pytest.raises(ValueError, match="unknown view 'sepia'"):
+        T.view(image, "sepia")
+    with pytest.raises(ValueError, match=r"one uint8 \(H, W, 3\) image"):
+        T.view(image[None], "gray")
+
+
 # ----------------------------------------------------------------------------------------------- torch
 
 

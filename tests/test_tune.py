@@ -251,6 +251,24 @@ def test_a_sweep_config_is_not_a_training_config(tmp_path, capsys):
     assert from_tree({"tune": {"metric": "val_fid"}}).tune.resolved_mode() == "min"
 
 
+def test_an_objective_the_recipe_does_not_report_is_refused_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    ray_was_up = ray.is_initialized()
+    path = tmp_path / "sweep.yaml"
+    for recipe, metric, listed in (("pix2pix", "val_fid_a2b", "val_ssim, val_l1, val_fid"),
+                                   ("cyclegan", "val_ssim", "val_fid_a2b, val_fid_b2a, val_fid, val_cycle_l1_a")):
+        tree = {**sweep_tree(str(tmp_path), optim={"lr_g": {"grid": [1e-4, 2e-4]}}, tune={"metric": metric}),
+                "recipe": recipe}
+        path.write_text(yaml.safe_dump(tree))
+        assert main(["tune", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert f"tune.metric={metric!r}: recipe {recipe} does not report it" in err and listed in err
+    assert not (tmp_path / "sweeps").exists() and ray.is_initialized() == ray_was_up
+    for recipe, metric in (("cyclegan", "val_cycle_l1"), ("cyclegan", "val_fid_b2a"), ("pix2pix", "val_l1")):
+        tune.check_metric(from_tree({"recipe": recipe, "tune": {"metric": metric}}))  # reported: accepted
+
+
 def test_resuming_a_sweep_that_does_not_exist_is_a_clear_error(tmp_path, capsys):
     assert main(["tune", "--resume", "nope", "--store", str(tmp_path)]) == 2
     assert "no sweep to resume" in capsys.readouterr().err
@@ -298,6 +316,7 @@ def test_results_table_and_plot_list_every_trial(asha_sweep):
     csv = storage.read_bytes(asha_sweep["csv"]).decode().splitlines()
     markdown = storage.read_bytes(asha_sweep["markdown"]).decode()
     assert csv[0].split(",")[:3] == ["trial", "loss.tv", "val_ssim"] and "status" in csv[0]
+    assert "val_l1" in csv[0].split(",") and "val_fid" not in csv[0]  # what the runs logged (no FID: off)
     assert len(csv) == 1 + 4
     for r in asha_sweep["trials"]:
         assert sum(line.startswith(r["trial"] + ",") for line in csv) == 1
@@ -308,7 +327,9 @@ def test_results_table_and_plot_list_every_trial(asha_sweep):
 
 
 def test_best_trial_is_exported_as_a_package_that_loads(asha_sweep, store, capsys):
-    package = asha_sweep["package"]
+    assert list(asha_sweep["packages"]) == [""]  # Pix2Pix: one generator, one package named as the sweep
+    package = asha_sweep["packages"][""]
+    assert package.endswith("/" + asha_sweep["name"])
     generator, meta = export.load_package(package)
     best = asha_sweep["best"]
     assert meta["source_checkpoint"] == best["checkpoint"]

@@ -10,17 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 from .fid import (
     RECOMMENDED_MIN_SAMPLES,
+    FeatureMoments,
     feature_statistics,
     fid_from_features,
+    fid_of_moments,
+    moments_pair,
     frechet_distance,
     warn_if_few_samples,
 )
 from .ssim import ssim, ssim_torch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .inception import FIDInceptionV3, load_fid_helper_torchscript, load_fid_inception
+    from .inception import FIDInceptionV3, inception_features, load_fid_helper_torchscript, load_fid_inception
 
-_LAZY_INCEPTION = {"FIDInceptionV3", "load_fid_inception", "load_fid_helper_torchscript"}
+_LAZY_INCEPTION = {"FIDInceptionV3", "load_fid_inception", "load_fid_helper_torchscript", "inception_features"}
 
 __all__ = [
     "ssim",
@@ -28,6 +31,10 @@ __all__ = [
     "frechet_distance",
     "feature_statistics",
     "fid_from_features",
+    "fid_of_moments",
+    "FeatureMoments",
+    "moments_pair",
+    "inception_features",
     "warn_if_few_samples",
     "RECOMMENDED_MIN_SAMPLES",
     "FIDInceptionV3",

@@ -44,6 +44,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.models import inception as tv_inception
@@ -56,6 +57,7 @@ __all__ = [
     "FIDInceptionE_2",
     "load_fid_inception",
     "load_fid_helper_torchscript",
+    "inception_features",
     "find_fid_helper_weights",
     "map_fid_helper_state_dict",
     "sha256_file",
@@ -572,3 +574,13 @@ def load_fid_inception(source: str | None = None, device: str | torch.device = "
     model.eval()
     model.requires_grad_(False)
     return model.to(device), ident
+
+
+def inception_features(inception: torch.nn.Module, pixels: np.ndarray, device: torch.device | str) -> np.ndarray:
+    """Pool-3 features (N, 2048) of uint8 (N, H, W, 3) images, which Inception sees as ``uint8 / 255``."""
+    device = torch.device(device)
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=fmt).div_(255.0)
+    with torch.inference_mode():
+        return inception(x).float().cpu().numpy()  # float32 on purpose: no autocast here

@@ -1,11 +1,21 @@
-"""What every GAN recipe is: networks, optimisers, losses and one ``train_step``; and the registry.
+"""What every GAN recipe is, and the registry.
 
-A recipe knows nothing about Ray: the training engine (ray_ganime.train) hands it a device and a way to
-wrap networks for data parallelism, feeds it batches, and saves what ``state_dict`` returns.
+A recipe owns what differs between GAN families: the networks and their optimisers and LR schedules, the
+data streams it trains on, one ``train_step``, the generators a user serves (its *directions*) and what
+they are scored against. It knows nothing about Ray: the training engine (ray_ganime.train) hands it a
+device and a way to wrap networks for data parallelism, feeds it batches, tells it the epoch and step, and
+saves what ``state_dict`` and ``rank_state`` return.
+
+Networks come in three kinds:
+
+* ``nets`` with an optimiser (G, D): trained, wrapped for data parallelism, checkpointed;
+* ``nets`` without one (an EMA copy of G): checkpointed, never wrapped;
+* ``frozen`` (a pretrained VGG19 for a perceptual loss): never wrapped, never checkpointed, always eval mode.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -24,8 +34,8 @@ def register(cls: type["Recipe"]) -> type["Recipe"]:
 
 
 def recipe_class(name: str) -> type["Recipe"]:
-    from ray_ganime import recipes  # noqa: F401  (importing the package registers every recipe)
-
+    # No import of the package here: Python imports ray_ganime.recipes, which registers every recipe, before
+    # this module, and importing it back would close an import circle.
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES))}")
     return RECIPES[name]
@@ -35,6 +45,18 @@ class Options(BaseModel):
     """A recipe's own model / loss options: unknown keys are errors, as in the rest of the config."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A generator a user serves, and what it maps from and to. ``source`` and ``target`` are batch names: a
+    paired data set's column (``sketch``), or an unpaired data set's domain (``A``), either with a view
+    suffix (``A_lineart``). ``paired``: source and target rows are pairs, so SSIM and L1 are defined."""
+
+    net: str
+    source: str
+    target: str
+    paired: bool
 
 
 def set_requires_grad(net: nn.Module, flag: bool) -> None:
@@ -48,41 +70,55 @@ def linear_decay(epochs: int, decay_epochs: int) -> Callable[[int], float]:
     return lambda epoch: 1.0 - max(0, epoch + 1 - start) / float(decay_epochs + 1)
 
 
+def step_decay(milestones: list[int], gamma: float) -> Callable[[int], float]:
+    """× ``gamma`` after each milestone epoch (3e-4 -> 3e-5 after epoch 120: ``[120], 0.1``)."""
+    return lambda epoch: gamma ** sum(epoch >= m for m in milestones)
+
+
 class Recipe:
     name: ClassVar[str]
     task: ClassVar[str]  # the data set kind it trains on: "paired", "unpaired" or "folder"
-    # The batch columns the generator maps from and to (validation and evaluation score G(input) vs target).
-    input_column: ClassVar[str]
-    target_column: ClassVar[str | None] = None
+    # The Ray Data streams it trains on, each its own named dataset: stream -> domain (None: the whole split).
+    # Several streams are zipped; an epoch is the longest one's pass.
+    streams: ClassVar[dict[str, str | None]] = {"train": None}
     ModelOptions: ClassVar[type[Options]] = Options
     LossOptions: ClassVar[type[Options]] = Options
 
-    def __init__(self, cfg: Config, device: torch.device | str = "cpu"):
+    def __init__(self, cfg: Config, device: torch.device | str = "cpu", rank: int = 0):
         self.cfg = cfg
         self.device = torch.device(device)
+        self.rank = rank
+        self.epoch = 0  # set by the engine before each epoch / step
+        self.global_step = 0
         self.model_opts = self.validate(self.ModelOptions, cfg.model, "model")
         self.loss_opts = self.validate(self.LossOptions, cfg.loss, "loss")
         self.nets: dict[str, nn.Module] = {k: v.to(self.device) for k, v in self.build_nets().items()}
+        self.frozen: dict[str, nn.Module] = {k: v.to(self.device).eval().requires_grad_(False)
+                                             for k, v in self.build_frozen().items()}
         if self.device.type == "cuda" and cfg.train.channels_last:
-            for net in self.nets.values():
+            for net in (*self.nets.values(), *self.frozen.values()):
                 net.to(memory_format=torch.channels_last)
         # What train_step calls: the nets themselves, or their data-parallel wrappers after wrap().
         self.train_nets: dict[str, nn.Module] = dict(self.nets)
         self.optimizers = self.build_optimizers()
-        decay = linear_decay(cfg.train.epochs, cfg.optim.decay_epochs)
-        self.schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, decay) for k, o in self.optimizers.items()}
+        self.schedulers = self.build_schedulers()
+
+    @classmethod
+    def unbuilt(cls, cfg: Config) -> "Recipe":
+        """The recipe's options for ``cfg`` without any network built (directions, metric names, sizes)."""
+        recipe = cls.__new__(cls)
+        recipe.cfg = cfg
+        recipe.model_opts = cls.validate(cls.ModelOptions, cfg.model, "model")
+        recipe.loss_opts = cls.validate(cls.LossOptions, cfg.loss, "loss")
+        return recipe
 
     @classmethod
     def network_sizes(cls, cfg: Config) -> dict[str, int]:
         """Trainable parameters per network for this config, built on the meta device (no memory)."""
         from ray_ganime.nets import count_parameters
 
-        recipe = cls.__new__(cls)
-        recipe.cfg = cfg
-        recipe.model_opts = cls.validate(cls.ModelOptions, cfg.model, "model")
-        recipe.loss_opts = cls.validate(cls.LossOptions, cfg.loss, "loss")
         with torch.device("meta"):
-            return {k: count_parameters(v) for k, v in recipe.build_nets().items()}
+            return {k: count_parameters(v) for k, v in cls.unbuilt(cfg).build_nets().items()}
 
     @staticmethod
     def validate(schema: type[Options], values: dict, section: str) -> Options:
@@ -96,20 +132,33 @@ class Recipe:
     def build_nets(self) -> dict[str, nn.Module]:
         raise NotImplementedError
 
+    def build_frozen(self) -> dict[str, nn.Module]:
+        """Pretrained networks the losses use (never trained, wrapped or checkpointed)."""
+        return {}
+
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One optimisation step on a batch; returns the loss terms (detached scalars)."""
+    def build_schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        """One per optimiser, stepped after every epoch: ``optim.schedule`` (linear decay or step decay)."""
+        o = self.cfg.optim
+        rule = (step_decay(o.step_epochs, o.step_gamma) if o.schedule == "step"
+                else linear_decay(self.cfg.train.epochs, o.decay_epochs))
+        return {k: torch.optim.lr_scheduler.LambdaLR(opt, rule) for k, opt in self.optimizers.items()}
+
+    def directions(self) -> dict[str, Direction]:
+        """The generators a user serves, by direction name ("" when there is one: no suffix on metric and
+        package names; else e.g. "a2b" / "b2a": ``val_fid_a2b``, package ``NAME-a2b``)."""
         raise NotImplementedError
 
-    def generator(self) -> nn.Module:
-        """The network a user serves (unwrapped)."""
-        return self.nets["G"]
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimisation step on a batch (``self.epoch`` and ``self.global_step`` say where training is);
+        returns the loss terms (detached scalars)."""
+        raise NotImplementedError
 
-    def generator_spec(self) -> dict[str, Any]:
-        """Everything a model package needs to rebuild ``generator()`` without this recipe: ``class`` (a key
-        of ``nets.GENERATORS``) and its JSON ``args``; ``kind``; ``input`` / ``output`` (``channels``,
+    def generator_spec(self, direction: str = "") -> dict[str, Any]:
+        """Everything a model package needs to rebuild ``generator(direction)`` without this recipe: ``class``
+        (a key of ``nets.GENERATORS``) and its JSON ``args``; ``kind``; ``input`` / ``output`` (``channels``,
         ``value_range``, batch ``column``); ``native_size`` (what it trained at) and ``size_multiple``
         (what H and W must be divisible by)."""
         raise NotImplementedError(f"recipe {self.name} cannot describe its generator for a model package yet")
@@ -118,15 +167,69 @@ class Recipe:
         """Rows of uint8 images for a sample grid, e.g. input | output | target."""
         raise NotImplementedError
 
+    def validation_extras(self, inputs: dict[str, torch.Tensor], fakes: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Per-epoch metrics of the recipe's own, from each direction's validation inputs and generated images
+        (eval mode, no grad, [-1, 1]), e.g. CycleGAN's cycle reconstruction error. Named ``val_*``."""
+        return {}
+
+    def extra_metric_names(self) -> list[str]:
+        """The names ``validation_extras`` returns (so a sweep objective can be checked before it starts)."""
+        return []
+
+    def rank_state(self) -> dict[str, Any]:
+        """State of this rank's own that exact resume needs besides the networks (e.g. image pools: every rank
+        pools its own generated images). The engine saves every rank's."""
+        return {}
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def display_name(self) -> str:
+        """What reports call the model (e.g. "Pix2Pix + TV")."""
+        return self.name
+
     # ---- shared machinery
+    def generator(self, direction: str = "") -> nn.Module:
+        """The network a user serves for ``direction`` (unwrapped)."""
+        return self.nets[self.directions()[direction].net]
+
+    def batch_names(self) -> list[str]:
+        """The image entries a training batch carries (what the directions read)."""
+        names = [n for d in self.directions().values() for n in (d.source, d.target)]
+        return list(dict.fromkeys(names))
+
+    def example_batch(self, n: int, size: int | None = None, seed: int = 0) -> dict[str, Any]:
+        """A random training batch of the shape the engine feeds (benchmarks, the recipe contract test)."""
+        size = size or self.cfg.data.crop_size
+        g = torch.Generator().manual_seed(seed)
+        batch: dict[str, Any] = {k: (torch.rand(n, 3, size, size, generator=g) * 2 - 1).to(self.device)
+                                 for k in self.batch_names()}
+        batch["id"] = [str(i) for i in range(n)]
+        return batch
+
+    def metric_names(self) -> list[str]:
+        """Every per-epoch validation metric this recipe can report (FID ones need eval.val_fid)."""
+        names: list[str] = []
+        directions = self.directions()
+        for key, d in directions.items():
+            suffix = f"_{key}" if key else ""
+            names += [f"val_ssim{suffix}", f"val_l1{suffix}"] if d.paired else []
+            names.append(f"val_fid{suffix}")
+        if len(directions) > 1:  # the mean over directions, one objective for a sweep
+            names += ["val_fid"] + (["val_ssim", "val_l1"] if all(d.paired for d in directions.values()) else [])
+        return names + self.extra_metric_names()
+
     def autocast(self):
         """bf16 autocast on CUDA when cfg.train.amp (CPU trains in float32: bf16 is slower there)."""
         enabled = self.device.type == "cuda" and self.cfg.train.amp
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def wrap(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
-        """Wrap each network on its own (e.g. DDP): G and D are separate reducers, as GAN code needs."""
-        self.train_nets = {k: wrapper(v) for k, v in self.nets.items()}
+        """Wrap each network that has an optimiser on its own (e.g. DDP): G and D are separate reducers, as
+        GAN code needs; EMA copies and frozen networks are left alone."""
+        optimised = {id(p) for o in self.optimizers.values() for g in o.param_groups for p in g["params"]}
+        self.train_nets = {k: wrapper(v) if any(id(p) in optimised for p in v.parameters()) else v
+                           for k, v in self.nets.items()}
 
     def end_epoch(self) -> None:
         for s in self.schedulers.values():

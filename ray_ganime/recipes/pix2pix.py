@@ -16,7 +16,7 @@ from pydantic import Field
 from ray_ganime import transforms
 from ray_ganime.losses import AdversarialLoss, total_variation
 from ray_ganime.nets import PatchDiscriminator, UNetGenerator, init_weights
-from ray_ganime.recipes.base import Options, Recipe, register, set_requires_grad
+from ray_ganime.recipes.base import Direction, Options, Recipe, register, set_requires_grad
 
 
 class Pix2PixModel(Options):
@@ -40,9 +40,14 @@ class Pix2PixLoss(Options):
 class Pix2Pix(Recipe):
     name = "pix2pix"
     task = "paired"
-    input_column, target_column = "sketch", "color"
     ModelOptions = Pix2PixModel
     LossOptions = Pix2PixLoss
+
+    def directions(self):
+        return {"": Direction("G", source="sketch", target="color", paired=True)}
+
+    def display_name(self):
+        return "Pix2Pix + TV" if self.loss_opts.tv else "Pix2Pix"
 
     def build_nets(self):
         m, size = self.model_opts, self.cfg.data.crop_size
@@ -89,15 +94,15 @@ class Pix2Pix(Recipe):
         return {"loss_D": loss_d.detach(), "loss_G": loss_g.detach(), "G_adv": loss_adv.detach(),
                 "G_L1": loss_l1.detach(), "G_TV": loss_tv.detach()}
 
-    def generator_spec(self):
-        G, m = self.nets["G"], self.model_opts
+    def generator_spec(self, direction=""):
+        G, m, d = self.nets["G"], self.model_opts, self.directions()[direction]
         image = {"layout": "NCHW", "dtype": "float32", "value_range": [-1.0, 1.0]}  # transforms.to_tensor
         return {"class": "UNetGenerator",
                 "args": {"in_channels": G.in_channels, "out_channels": G.out_channels, "ngf": m.ngf,
                          "num_downs": G.num_downs, "norm": m.norm, "dropout": m.dropout},
                 "kind": "image-to-image",
-                "input": {"channels": G.in_channels, "column": self.input_column, **image},
-                "output": {"channels": G.out_channels, "column": self.target_column, **image},
+                "input": {"channels": G.in_channels, "column": d.source, **image},
+                "output": {"channels": G.out_channels, "column": d.target, **image},
                 "native_size": self.cfg.data.crop_size, "size_multiple": G.size_multiple}
 
     @torch.no_grad()
