@@ -11,6 +11,7 @@ from torch import nn
 from ray_ganime import evaluate, images, shards, storage
 from ray_ganime.config import DataConfig
 from ray_ganime.data import ShardData
+from ray_ganime.recipes import Direction
 
 pytestmark = pytest.mark.ray
 SIZE = 32
@@ -146,7 +147,7 @@ def test_evaluation_without_a_test_split_uses_val(tmp_path, ray_session):
     write_pairs(uri, n=12, held_out="val")  # p000, p004, p008 are val: as the anime sketch pairs ship
     data = ShardData(uri, cfg(crop_size=SIZE))
     assert data.held_out_split() == "val" and data.held_out_split("train") == "train"
-    result = evaluate.evaluate_generator(nn.Identity(), data, input_column="sketch", target_column="sketch",
+    result = evaluate.evaluate_generator(nn.Identity(), data, Direction("G", "sketch", "sketch", paired=True),
                                          fid_weights="random", batch_size=4)
     assert result["split"] == "val" and result["num_images"] == 3
     write_pairs(str(tmp_path / "train-only"), n=4, held_out="train")
