@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ray_ganime import transforms
+from ray_ganime.config import View
 from ray_ganime.losses import AdversarialLoss
 from ray_ganime.nets import PatchDiscriminator, ResNetGenerator, UNetGenerator, init_weights
 from ray_ganime.pool import ImagePool
@@ -41,7 +42,7 @@ class CycleGANModel(Options):
     d_layers: int = Field(3, ge=1)  # 3 = the 70x70 PatchGAN
     # Train on a derived view of both domains (data.views {image: [VIEW]}), e.g. CycleGANime's normalised
     # line art; a package records it, so serving prepares its inputs the same way.
-    view: Literal["gray", "smooth", "smooth_gray", "lineart"] | None = None
+    view: View | None = None
     serve_lineart_target: float = Field(185.0, gt=0, lt=255)  # CycleGANime normalises to 185 at inference
 
 
