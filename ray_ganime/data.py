@@ -70,17 +70,12 @@ class DecodeStage:
             for c, image in decoded.items():
                 out[c].append(image)
                 for view in self.views.get(c, ()):
-                    out[f"{c}_{view}"].append(derive(image, view, self.lineart_target))
+                    out[f"{c}_{view}"].append(transforms.view(image, view, self.lineart_target))
         if bad and counter is not None:
             counter.add.remote(bad)
         empty = np.zeros((0, self.size, self.size, 3), np.uint8)
         return {k: (np.asarray(v, dtype=object) if k == "id" else (np.stack(v) if v else empty))
                 for k, v in out.items()}
-
-
-def derive(image: np.ndarray, view: str, lineart_target: float) -> np.ndarray:
-    """A derived view of one decoded image (``transforms.view``: the one implementation serving uses too)."""
-    return transforms.view(image, view, lineart_target)
 
 
 @dataclass(frozen=True)
