@@ -9,11 +9,7 @@ generators from data to HTTP; tests/test_cyclegan_train.py checks that CycleGAN 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from servers import REPO, free_ports, start_ganime_serve, wait_for_serving
 from serving import random_image
-from servers import REPO, free_ports
+from test_faults_server import stop_group
 
 from ray_ganime import checkpoints, images, inference, storage
 from ray_ganime.cli import main
@@ -105,17 +102,11 @@ def test_both_directions_are_exported_and_served(trained, store, tmp_path):
     local = {d: inference.Generator.load(str(p), "cpu") for d, p in packages.items()}
 
     port, = free_ports(1)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "GANIME_SERVE_TOKEN")}
     log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "ganime"), "serve", "--store", str(store),
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc = start_ganime_serve(store, port, log)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 240
-        while f"at {url}" not in log.read_text():  # printed once the app is up
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(1)
+        wait_for_serving(proc, log)
         with urllib.request.urlopen(url + "v1/models", timeout=10) as response:
             assert {m["name"] for m in json.loads(response.read())["models"]} >= {"cg-a2b", "cg-b2a"}
         image = random_image(40, 24)
@@ -130,12 +121,7 @@ def test_both_directions_are_exported_and_served(trained, store, tmp_path):
             assert np.abs(answers[direction].astype(int) - expected.astype(int)).max() <= 1  # replica threads
         assert not np.array_equal(answers["a2b"], answers["b2a"])  # two generators, not one served twice
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        stop_group(proc, signal.SIGTERM)
 
 
 @pytest.mark.ray
