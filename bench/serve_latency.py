@@ -20,8 +20,10 @@ turns, request by request, as the median of (Serve - direct) latency, each less 
 shared box the forward alone drifts by tens of ms, more than what is measured. The batch, fwd ms/img, codec
 ms (decode + encode) and hop ms columns come from the responses' X-Ganime-Batch-Size and Server-Timing headers
 (hop: Server-Timing generate minus forward, the Gateway -> Generators round trip with any batch wait). Also
-printed: GET /healthz p50 (HTTP -> proxy -> Gateway and back), and the forward pass alone in process at 1 vs
-16 images per call, which bounds what any batching can gain here.
+printed: GET /healthz p50 (HTTP -> proxy -> Gateway and back), the forward pass alone in process at 1 vs
+16 images per call, which bounds what any batching can gain here, and the codec alone in process, step by step
+on the same images in turns: the Gateway's decode and PNG encode vs PIL's decode and PIL's PNG at level 1 (the
+Gateway's encoder before serve.png_compress_level), target >= 2x; JPEG and WebP beside them.
 
 Measured on a 2-core box with no GPU (Intel with AMX, so serve.precision auto is bfloat16; client, Serve,
 its deployments and Ray's own processes on the same 2 cores), defaults:
@@ -42,6 +44,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import http.client
+import io
 import statistics
 import sys
 import tempfile
@@ -52,10 +55,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import ray_ganime  # noqa: E402,F401  (before ray: sets the auth mode)
 from ray_ganime import export, images, inference  # noqa: E402
-from ray_ganime.config import load_config  # noqa: E402
+from ray_ganime.config import ServeConfig, load_config  # noqa: E402
 from ray_ganime.recipes import recipe_class  # noqa: E402
 from ray_ganime.runtime import init_ray, use_serve_high_throughput  # noqa: E402
 
@@ -125,6 +129,32 @@ def measure_alternating(direct, served, bodies: list[bytes]) -> tuple[dict, dict
     return direct_row, served_row, added
 
 
+def codec_alone(outputs: list[np.ndarray], bodies: list[bytes], repeats: int = 3) -> dict[str, float]:
+    """ms per image of each codec step in this process, one thread, side by side on the same images: the
+    uploads' decode (``images.decode_rgb``, OpenCV for plain PNGs, vs PIL alone) and the answers' encode (the
+    Gateway's PNG vs PIL's at level 1, what it used before; JPEG and WebP at the served quality)."""
+    limits = ServeConfig()
+    level = limits.png_compress_level
+
+    def pil_decode(body: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(body)) as im:
+            return np.asarray(im.convert("RGB"))
+
+    steps = {"decode PIL": (pil_decode, bodies), "decode": (images.decode_rgb, bodies),
+             "PNG PIL level 1": (lambda out: images.encode_png(out, 1), outputs),
+             f"PNG level {level}": (lambda out: images.encode_png_fast(out, level), outputs),
+             "JPEG": (lambda out: images.encode_jpeg(out, limits.jpeg_quality), outputs),
+             "WebP": (lambda out: images.encode_webp(out, limits.webp_quality), outputs)}
+    totals = dict.fromkeys(steps, 0.0)
+    for _ in range(repeats):  # in turns, so that a drift on a shared box hits every step alike
+        for name, (step, items) in steps.items():
+            started = time.perf_counter()
+            for item in items:
+                step(item)
+            totals[name] += (time.perf_counter() - started) * 1e3 / len(items)
+    return {name: total / repeats for name, total in totals.items()}
+
+
 def batching_ceiling(generator, bodies: list[bytes], batch: int, repeats: int = 3) -> tuple[float, float]:
     """ms per image of the forward pass alone, one image per call vs ``batch`` images per call: what any
     batching, in any server, can gain on this machine for this model."""
@@ -151,15 +181,23 @@ class Client:
 
     def __call__(self, body: bytes | None) -> dict[str, str]:
         """POST ``body`` to the model, or GET /healthz when ``body`` is None."""
-        if not hasattr(self.local, "connection"):
-            self.local.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
-        connection = self.local.connection
-        if body is None:
-            connection.request("GET", "/healthz")
-        else:
-            connection.request("POST", f"/v1/models/{NAME}/generate", body, {"Content-Type": "image/png"})
-        response = connection.getresponse()
-        data = response.read()
+        for attempt in (1, 2):  # a keep-alive connection the server closed (idle while redeploying): once more
+            if not hasattr(self.local, "connection"):
+                self.local.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+            connection = self.local.connection
+            try:
+                if body is None:
+                    connection.request("GET", "/healthz")
+                else:
+                    connection.request("POST", f"/v1/models/{NAME}/generate", body, {"Content-Type": "image/png"})
+                response = connection.getresponse()
+                data = response.read()
+                break
+            except (ConnectionError, http.client.RemoteDisconnected):
+                connection.close()
+                del self.local.connection
+                if attempt == 2:
+                    raise
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {data[:300]!r}")
         return {k.lower(): v for k, v in response.getheaders()}
@@ -178,6 +216,8 @@ def main() -> None:
     parser.add_argument("--ingress", default="haproxy", choices=("haproxy", "proxy"),
                         help="haproxy (default, what `ganime serve` runs): Ray Serve's high-throughput mode "
                              "(runtime.SERVE_HIGH_THROUGHPUT); proxy: Serve's default Python proxy")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="serve.device on both sides (auto: CUDA where there is a GPU)")
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
     if args.ingress == "haproxy":
@@ -194,7 +234,7 @@ def main() -> None:
     bodies = [images.encode_png(rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8))
               for _ in range(2 * args.requests)]
 
-    generator = inference.Generator.load(str(Path(store) / "models" / NAME), "cpu", precision=args.precision)
+    generator = inference.Generator.load(str(Path(store) / "models" / NAME), args.device, precision=args.precision)
 
     def direct(body: bytes) -> dict:
         timing = Timing()
@@ -202,11 +242,12 @@ def main() -> None:
             image = images.decode_rgb(body)
         with timing("forward"):  # the span Server-Timing's forward covers in a replica
             output = generator.translate([image])[0]
-        with timing("encode"):
-            images.encode_png(output, 1)
+        with timing("encode"):  # as the Gateway encodes a PNG answer
+            images.encode_png_fast(output, ServeConfig().png_compress_level)
         return {"server-timing": timing.header()}
 
     one, batched = batching_ceiling(generator, bodies, 16)
+    codec = codec_alone(generator.translate([images.decode_rgb(b) for b in bodies[:8]]), bodies[:8])
 
     init_ray()
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
@@ -217,7 +258,8 @@ def main() -> None:
         for batching, batch in (("off", 1), ("on", 16)):
             label = f"{layout}, batching {batching}"
             tree = {"store": {"uri": store}, "serve": {"max_batch_size": batch, "torch_threads": threads,
-                                                       "precision": args.precision, "colocate": colocate}}
+                                                       "precision": args.precision, "colocate": colocate,
+                                                       "device": args.device}}
             serve.run(build_app(tree), name=APP_NAME, route_prefix="/")
             # c=1: direct and Serve take turns, request by request; the direct row is the first of these runs
             direct_row, results[(label, 1)], added[label] = measure_alternating(direct, client,
@@ -231,7 +273,8 @@ def main() -> None:
     serve.shutdown()
     results = dict(sorted(results.items(), key=lambda item: item[0][0] != "direct"))  # direct rows first
 
-    print(f"\nPix2Pix U-Net ngf {args.ngf} at {args.size} px, {generator.precision}, {threads} torch threads, "
+    print(f"\nPix2Pix U-Net ngf {args.ngf} at {args.size} px on {generator.device.type}, {generator.precision}, "
+          f"{threads} torch threads, "
           f"ingress {args.ingress}, {args.requests} / {2 * args.requests} requests at concurrency 1 / 16")
     print(f"{'':<32}{'c':>3}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}{'batch':>7}{'fwd ms/img':>12}{'codec ms':>10}"
           f"{'hop ms':>8}")
@@ -253,6 +296,13 @@ def main() -> None:
           f"batching can gain at most {one / batched:.2f}x on this machine for this model")
     print(f"one deployment, batching on at c=16 vs direct calls from 16 threads: "
           f"{results[('one deployment, batching on', 16)]['rps'] / results[('direct', 16)]['rps']:.2f}x")
+    png_new = f"PNG level {ServeConfig().png_compress_level}"
+    print(f"codec alone, ms per {args.size} px image in one thread (inputs: the bodies; answers: the network's "
+          f"outputs): "
+          + ", ".join(f"{name} {ms:.2f}" for name, ms in codec.items()))
+    before, after = codec["decode PIL"] + codec["PNG PIL level 1"], codec["decode"] + codec[png_new]
+    print(f"  PNG in and out: {after:.2f} ms vs {before:.2f} ms with PIL alone at level 1 (the encoder before): "
+          f"{before / after:.2f}x, target >= 2x: {'met' if before >= 2 * after else 'MISSED'}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
     python bench/train_step.py --recipe cyclegan --size 64 --batch 4 --ngf 16 --blocks 6 --steps 20
 
 --recipe picks the recipe (default pix2pix, so earlier runs stay comparable); its nets are sized by --ngf
-(ngf = ndf) and, for cyclegan, --blocks ResNet blocks.
+(ngf = ndf) and, for cyclegan, --blocks ResNet blocks. --gpu runs both sides on CUDA (each timed step then
+ends with a device synchronisation on both sides, so queued work is counted where it runs).
 
 Plain loop: ``recipe.train_step`` on ``recipe.example_batch`` random batches of the same shape, in this process,
 timed over --steps steps (or --plain-seconds) after --warmup steps, with 1 torch thread (what the Ray
@@ -71,7 +72,7 @@ def make_cfg(args, store: str, data_uri: str | None = None, run_name: str | None
                  f"data.batch_size={args.batch}", f"data.shuffle_buffer={4 * args.batch}",
                  f"train.epochs={args.epochs}", f"train.max_steps_per_epoch={args.steps}",
                  f"train.cpus_per_worker={args.cpus_per_worker}", "train.num_workers=1",
-                 "train.use_gpu=false",  # the plain loop runs on CPU: so does the worker, on a GPU machine too
+                 f"train.use_gpu={str(args.gpu).lower()}",  # the plain loop runs where the worker does
                  f"train.checkpoint_every={args.epochs}", f"train.sample_every={args.epochs}"]
     if data_uri:
         overrides.append(f"data.uri={data_uri}")
@@ -87,21 +88,29 @@ def load() -> float:
 # ------------------------------------------------------------------------------------ plain PyTorch
 
 
-def plain_loop(cfg: Config, steps: int, warmup: int, threads: int, max_seconds: float) -> dict:
-    """train_step alone on random batches (no data loading) with ``threads`` torch threads, after
-    warm-up; stops early after ``max_seconds`` (at least 3 timed steps)."""
+def synchronize(device: torch.device) -> None:
+    """Waits for the device's queued work: CUDA steps return before they run, and the timing must not."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_loop(cfg: Config, steps: int, warmup: int, threads: int, max_seconds: float, device: str) -> dict:
+    """train_step alone on random batches (no data loading, already on ``device``) with ``threads`` torch
+    threads, after warm-up; stops early after ``max_seconds`` (at least 3 timed steps)."""
     default = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         torch.manual_seed(0)
-        recipe = recipe_class(cfg.recipe)(cfg, "cpu")
+        recipe = recipe_class(cfg.recipe)(cfg, device)
         b = cfg.data.batch_size
         batches = [recipe.example_batch(b, cfg.data.crop_size, seed=i) for i in range(4)]
         for i in range(warmup):
             recipe.train_step(batches[i % len(batches)])
+        synchronize(recipe.device)
         wall, cpu, done = time.perf_counter(), time.process_time(), 0
         while done < steps and (done < 3 or time.perf_counter() - wall < max_seconds):
             recipe.train_step(batches[done % len(batches)])
+            synchronize(recipe.device)  # as the Ray side's timed steps do
             done += 1
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         return {"rate": done * b / wall, "cpu_ms": 1000 * cpu / (done * b), "steps": done, "load": load()}
@@ -112,7 +121,7 @@ def plain_loop(cfg: Config, steps: int, warmup: int, threads: int, max_seconds: 
 def plain_round(cfg: Config, args, thread_counts: list[int], label: str) -> dict[int, dict]:
     out = {}
     for n in thread_counts:
-        r = out[n] = plain_loop(cfg, args.steps, args.warmup, n, args.plain_seconds)
+        r = out[n] = plain_loop(cfg, args.steps, args.warmup, n, args.plain_seconds, "cuda" if args.gpu else "cpu")
         print(f"plain loop ({label}), {n} torch thread(s): {r['rate']:6.1f} images/s, {r['cpu_ms']:6.1f} CPU ms/image "
               f"({r['steps']} steps; load average {r['load']:.1f})", flush=True)
     return out
@@ -167,6 +176,7 @@ def timed_train_loop(out_path: str, worker_threads: int | None = None, plain_ste
             if len(seen) < 4:  # copies: the plain rounds train on them
                 seen.append({k: (v.clone() if hasattr(v, "clone") else v) for k, v in batch.items()})
             out = step(self, batch)
+            synchronize(self.device)
             log["epochs"][-1]["steps"].append((entry, time.perf_counter(), cpu, time.process_time(), len(batch["id"]),
                                                time.thread_time() - own))
             return out
@@ -181,26 +191,28 @@ def timed_train_loop(out_path: str, worker_threads: int | None = None, plain_ste
             end_epoch(self)
             if not plain_steps or ray.train.get_context().get_world_rank() != 0:
                 return
-            states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+            states = np.random.get_state(), random.getstate()
             try:
-                if not plain:
-                    cfg = Config.model_validate(loop_config["cfg"])
-                    torch.manual_seed(0)
-                    plain["recipe"] = cls(cfg, "cpu")
-                    plain["batches"] = seen  # the engine's own first batches: same nets, same batches
-                    for b in plain["batches"][:2]:  # warm-up, as the plain loop's
-                        step(plain["recipe"], b)
-                wall, cpu, own = time.perf_counter(), time.process_time(), time.thread_time()
-                for i in range(plain_steps):
-                    step(plain["recipe"], plain["batches"][i % 4])
-                n = plain_steps * len(plain["batches"][0]["id"])
-                log["plain"].append({"epoch": self.epoch, "rate": n / (time.perf_counter() - wall),
-                                     "cpu_ms": 1000 * (time.process_time() - cpu) / n,
-                                     "step_cpu_ms": 1000 * (time.thread_time() - own) / n})
+                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                    if not plain:
+                        cfg = Config.model_validate(loop_config["cfg"])
+                        torch.manual_seed(0)
+                        plain["recipe"] = cls(cfg, self.device)
+                        plain["batches"] = seen  # the engine's own first batches: same nets, same batches
+                        for b in plain["batches"][:2]:  # warm-up, as the plain loop's
+                            step(plain["recipe"], b)
+                    synchronize(self.device)
+                    wall, cpu, own = time.perf_counter(), time.process_time(), time.thread_time()
+                    for i in range(plain_steps):
+                        step(plain["recipe"], plain["batches"][i % 4])
+                        synchronize(self.device)
+                    n = plain_steps * len(plain["batches"][0]["id"])
+                    log["plain"].append({"epoch": self.epoch, "rate": n / (time.perf_counter() - wall),
+                                         "cpu_ms": 1000 * (time.process_time() - cpu) / n,
+                                         "step_cpu_ms": 1000 * (time.thread_time() - own) / n})
             finally:
-                torch.set_rng_state(states[0])
-                np.random.set_state(states[1])
-                random.setstate(states[2])
+                np.random.set_state(states[0])
+                random.setstate(states[1])
 
         log["plain"] = []
         cls.train_step, ShardData.train_batches, cls.end_epoch = timed_step, timed_train_batches, plain_round
@@ -277,6 +289,7 @@ def main() -> None:
                     help="plain loop: stop timing after this long (at least 3 steps)")
     ap.add_argument("--skip", type=int, default=2, help="Ray: first steps of each epoch not counted as steady")
     ap.add_argument("--cpus-per-worker", type=float, default=0.5, help="train.cpus_per_worker")
+    ap.add_argument("--gpu", action="store_true", help="both sides on CUDA (train.use_gpu=true); default CPU")
     ap.add_argument("--worker-threads", type=int,
                     help="torch.set_num_threads in the Ray worker (default: what Ray's OMP_NUM_THREADS gives)")
     ap.add_argument("--interleave-steps", type=int,

@@ -106,9 +106,23 @@ class TrainConfig(Section):
     # End this session after N epochs (checkpointed); re-running the same run continues. For time-boxed
     # or preemptible clusters: the schedule still follows `epochs`.
     stop_after: int | None = Field(None, ge=1)
-    amp: bool = True  # bf16 autocast on CUDA (CPU runs in float32)
+    # auto: bf16 autocast on CUDA from 8 images per worker step (recipes.base.autocast_dtype), else float32;
+    # CPU trains in float32 unless bfloat16 is asked for.
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
     channels_last: bool = True  # on CUDA
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _amp_is_precision(cls, values: Any) -> Any:
+        # train.amp (a bool) came before train.precision: configs saved with it keep loading.
+        if isinstance(values, dict) and "amp" in values:
+            values = dict(values)
+            amp = values.pop("amp")
+            if not isinstance(amp, bool):
+                raise ValueError(f"train.amp must be true or false (now train.precision), got {amp!r}")
+            values.setdefault("precision", "auto" if amp else "float32")
+        return values
 
     @field_validator("run_name")
     @classmethod
@@ -202,6 +216,20 @@ class ServeConfig(Section):
     # without regard to which replica holds a model: for one box, not for a cluster. None: one deployment under
     # `ganime serve` on a Ray of its own, two otherwise (serve_config.yaml on a cluster, or $RAY_ADDRESS).
     colocate: bool | None = None
+    # `ganime serve` on a Ray of its own: replicas of the Gateway (of the one deployment when colocated). None:
+    # sized to the machine: one per 4 CPU cores, at least 2 (colocated: at most one per GiB of Ray's memory),
+    # each with its share of the CPUs and GPUs; not colocated, Generators get one replica per GPU
+    # (serve.local_layout). A Serve config file sets replicas in its `deployments:` instead.
+    replicas: int | None = Field(None, ge=1)
+    # Threads per Gateway replica that decode uploads and encode answers, off the event loop (PIL, OpenCV and
+    # zlib release the GIL, so they run in parallel). None: one per CPU core the replica's process may use.
+    codec_threads: int | None = Field(None, ge=1)
+    # Answers are PNG unless the request asks for JPEG or WebP (?format=png|jpeg|webp, else the Accept header).
+    # PNG's zlib level: lossless at every level; 0 stores (largest, cheapest), 1 (default) is the fast one
+    # (run-length deflate of Up-filtered rows; smooth gradients come out larger than at 2), 9 the smallest.
+    png_compress_level: int = Field(1, ge=0, le=9)
+    jpeg_quality: int = Field(95, ge=1, le=100)  # JPEG answers (lossy)
+    webp_quality: int = Field(90, ge=1, le=100)  # WebP answers (lossy, libwebp's fastest method)
 
 
 class Config(Section):

@@ -1,19 +1,26 @@
-"""Shards on any store -> Ray Data -> augmented torch batches for training workers.
+"""Shards on any store -> Ray Data -> uint8 torch batches for training workers -> augmented on the device.
 
 Where each stage runs, and why:
 - Ray Data tasks (parallel, on any node): decode, resize to ``load_size``, derived views (gray,
   edge-smoothed, normalised line art). These are the expensive, deterministic stages.
-- The consumer's collate function (in the training worker): random crop and flip, uint8 -> float in
-  [-1, 1]. They are cheap, and keeping them here means uint8 (4x smaller than float32) crosses the
-  object store, and the randomness is keyed by (seed, epoch, example ids) alone, so a resumed run
-  sees exactly the batches it would have seen.
+- The consumer's collate function (in the training worker, Ray's collate thread): no per-pixel work. It
+  wraps Ray's batch as uint8 tensors (pinned when the device is CUDA) and draws each example's crop and
+  flip from (seed, epoch, repeat, row id) alone, so a resumed run, another batch grouping or parallel
+  collation all see the same windows.
+- The device (``Pixels.to``, called by the trainer's ``_to_device``): crop, flip, uint8 -> float in
+  [-1, 1] and the memory format. uint8 (4x smaller than float32) crosses the object store and the bus.
+  When the device is the CPU itself, the collate thread does this part, overlapping the training step.
+  The crop happens here rather than in the Ray Data stage because the pipeline is built once in the
+  driver and re-executed each epoch: its tasks cannot know the epoch (or the repeat of a shorter stream)
+  that the window must be keyed by.
 """
 
 from __future__ import annotations
 
-import zlib
+import hashlib
+import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -22,6 +29,9 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from ray_ganime import images, shards, storage, transforms
 from ray_ganime.config import Config, DataConfig
+
+if TYPE_CHECKING:  # torch is imported where it is used: Ray Data's decode workers never need it
+    import torch
 
 # The columns a task reads, by data set kind.
 TASK_COLUMNS = {"paired": ("sketch", "color"), "unpaired": ("image",), "folder": ("image",)}
@@ -78,9 +88,37 @@ class DecodeStage:
                 for k, v in out.items()}
 
 
+def row_keys(ids) -> np.ndarray:
+    """One uint64 per row id (the first 8 bytes of its BLAKE2b): what keys an example's crop and flip."""
+    return np.array([int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little")
+                     for i in ids], dtype=np.uint64)
+
+
+class Pixels:
+    """One image entry of a batch as the collate hands it over: uint8 (N, H, W, 3) on the host and, for
+    training, each example's crop window and flip (int64 (N, 3): top, left, flip; None: use as is).
+    ``to(device)`` makes the float (N, 3, crop, crop) tensor the nets take, on the device."""
+
+    __slots__ = ("pixels", "crop", "size")
+
+    def __init__(self, pixels: torch.Tensor, crop: torch.Tensor | None, size: int):
+        self.pixels, self.crop, self.size = pixels, crop, size
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def to(self, device: torch.device | str, channels_last: bool = False) -> torch.Tensor:
+        """Copy (non-blocking from pinned memory), crop + flip, then bitwise ``transforms.to_tensor``'s
+        values, channels_last memory when asked; every step on ``device``."""
+        x = self.pixels.to(device, non_blocking=True)
+        if self.crop is not None:
+            x = transforms.crop_flip_tensor(x, self.crop, self.size)
+        return transforms.to_float(x, channels_last_memory=channels_last)
+
+
 @dataclass(frozen=True)
-class Augment(NumpyBatchCollateFn):
-    """The collate function: seeded random crop + flip (train only), then float tensors in [-1, 1]."""
+class Collate(NumpyBatchCollateFn):
+    """The collate function: uint8 ``Pixels`` per image column, with seeded crop + flip params when training."""
 
     crop_size: int
     flip: bool
@@ -88,25 +126,47 @@ class Augment(NumpyBatchCollateFn):
     epoch: int
     train: bool
     repeat: int = 0  # the shorter stream's extra passes in an epoch of several streams get crops of their own
+    pin_memory: bool = False  # page-locked host memory, for asynchronous copies to a CUDA device
+    # The device is this host's CPU: make the float tensors here (what Pixels.to would do in the training
+    # thread), so that on a CPU the work overlaps the training step as Ray collates the next batches.
+    on_host: bool = False
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict:
+        import torch
+
         ids = [str(i) for i in batch["id"]]
-        arrays = {k: v for k, v in batch.items() if k != "id"}
-        if self.train:
-            # Keyed by the ids in the batch, not by call order: Ray may collate batches in parallel threads.
-            rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32("\0".join(ids).encode())]
-                                        + ([self.repeat] if self.repeat else []))
-            arrays = transforms.random_crop_flip_batch(rng, arrays, self.crop_size, self.flip)
-        out: dict = {k: transforms.to_tensor(v) for k, v in arrays.items()}
-        out["id"] = ids
-        return out
+        out: dict = {"id": ids}
+        crop = None
+        for name, array in batch.items():
+            if name == "id":
+                continue
+            if crop is None and self.train:
+                _, height, width, _ = array.shape
+                crop = torch.from_numpy(transforms.keyed_crop_flip_params(
+                    row_keys(ids), self.seed, self.epoch, self.repeat, height, width, self.crop_size, self.flip))
+            with warnings.catch_warnings():  # Ray's read-only batches: nothing writes into them
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                pixels = torch.from_numpy(array)
+            out[name] = Pixels(pixels.pin_memory() if self.pin_memory else pixels, crop, self.crop_size)
+        return device_batch(out) if self.on_host else out
+
+
+def device_batch(batch: dict, device: torch.device | str = "cpu", channels_last: bool = False) -> dict:
+    """A collated batch with every ``Pixels`` entry made a float tensor on ``device`` (other entries as they are)."""
+    return {k: v.to(device, channels_last) if isinstance(v, Pixels) else v for k, v in batch.items()}
 
 
 class ShardData:
     """One data set on a store, opened for streaming: ``dataset(split)`` for Ray, ``collate`` for workers."""
 
-    def __init__(self, uri: str, data: DataConfig, options: storage.StoreOptions | None = None):
+    def __init__(self, uri: str, data: DataConfig, options: storage.StoreOptions | None = None,
+                 device: torch.device | str | None = None):
+        """``device``: where the batches go. CUDA: collated into page-locked memory, which the copy needs to run
+        asynchronously (elsewhere pinning would only cost a copy). CPU: collated as float tensors. None
+        (default): uint8 ``Pixels`` that ``device_batch`` makes float on any device."""
         self.uri = storage.join(uri)
+        kind = None if device is None else str(device).split(":")[0]
+        self.pin_memory, self.on_host = kind == "cuda", kind == "cpu"
         self.cfg = data
         self.options = options
         self.location = storage.resolve(self.uri, options)
@@ -205,12 +265,14 @@ class ShardData:
         ds.context.execution_options.preserve_order = self.cfg.deterministic
         return ds
 
-    def collate(self, epoch: int, train: bool = True, repeat: int = 0) -> Augment:
-        return Augment(self.cfg.crop_size, self.cfg.flip and train, self.cfg.seed, epoch, train, repeat)
+    def collate(self, epoch: int, train: bool = True, repeat: int = 0) -> Collate:
+        return Collate(self.cfg.crop_size, self.cfg.flip and train, self.cfg.seed, epoch, train, repeat,
+                       self.pin_memory, self.on_host)
 
     def iter_batches(self, source: ray.data.Dataset | ray.data.DataIterator, epoch: int = 0, train: bool = True,
                      batch_size: int | None = None, drop_last: bool | None = None, repeat: int = 0) -> Iterable[dict]:
-        """Torch batches for one epoch from a dataset or a Ray Train shard (``get_dataset_shard``)."""
+        """Collated batches (``Collate``: uint8 ``Pixels``, made float on the device by ``device_batch``) for one
+        epoch from a dataset or a Ray Train shard (``get_dataset_shard``)."""
         shuffle = self.cfg.shuffle_buffer if train and self.cfg.shuffle_buffer else None
         return source.iter_torch_batches(
             batch_size=batch_size or self.cfg.batch_size,

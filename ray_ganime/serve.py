@@ -6,12 +6,14 @@
     GET  /v1/models                   the store's packages: kind, sizes, metrics (each FID with its backbone id),
                                       and "broken": [{"name", "reason"}] for packages that cannot be served
     POST /v1/models/{name}/generate   image-to-image: the image as the body or a multipart file, optional
-                                      ?max_side=; answers PNG (JPEG when Accept prefers it) of the input's size.
-                                      noise: ?seed=&n=&truncation=; answers a PNG grid of n images.
+                                      ?max_side=; answers PNG of the input's size (JPEG or WebP when Accept
+                                      prefers it, or ?format=png|jpeg|webp: the parameter wins).
+                                      noise: ?seed=&n=&truncation=; answers a PNG grid of n images (same rule).
 
 Two deployments, so that each scales on what it needs (``serve.colocate`` makes it one: ``ganime serve``'s default):
 
-* ``Gateway``: the FastAPI ingress. Auth, limits, decoding and encoding; CPU only and stateless.
+* ``Gateway``: the FastAPI ingress. Auth, limits, decoding and encoding (in a thread pool of
+  ``serve.codec_threads``, off the event loop); CPU only and stateless.
 * ``Generators``: loads packages by name (``@serve.multiplexed``: an LRU of ``serve.models_per_replica`` per
   replica, and Serve routes a model's requests to replicas that hold it) and runs the requests for one model
   that queue together as one forward pass (``batching.Batcher``), in ``serve.precision`` (``inference``). One
@@ -19,7 +21,7 @@ Two deployments, so that each scales on what it needs (``serve.colocate`` makes 
 
 Bad input is never a 500: 400 (empty or undecodable body), 401 (bearer token, when $GANIME_SERVE_TOKEN or
 ``serve.token_env`` is set on the replicas: checked first, on every path but /, /healthz and /readyz), 404
-(unknown model or path), 405 (method), 406 (Accept names neither PNG nor JPEG), 413 (bytes, pixels, decode
+(unknown model or path), 405 (method), 406 (Accept names none of PNG, JPEG, WebP), 413 (bytes, pixels, decode
 budget, decompression bombs), 415 (not an image media type), 422 (bad parameters). What the server cannot do:
 500 (a package that cannot be served: the reason says why, the operator must re-export it), 503 with
 Retry-After (the store cannot be listed or read, the Generators replica is gone or overloaded). Every error is
@@ -31,6 +33,7 @@ a JSON ``{"error", "reason"}`` whose reason names no server path.
 # No `from __future__ import annotations`: FastAPI reads the route signatures of the class-based views
 # that serve.ingress builds, and cannot resolve string annotations there (Request would become a query field).
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -40,7 +43,7 @@ import signal
 import time
 from http import HTTPStatus
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -65,7 +68,7 @@ APP_NAME = "ganime"
 # Bodies taken as the image itself; anything else but multipart/form-data is a 415.
 RAW_IMAGE_TYPES = ("application/octet-stream",)
 FORM_FIELDS = ("image", "file")  # multipart field names looked for first (else the first file part)
-IMAGE_MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
+IMAGE_MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}  # by preference on equal q
 MISS_RELIST_S = 1.0  # an unknown model name (or a store that failed) re-lists the store at most this often
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz"})  # no token needed, even when one is set
 RETRY_AFTER = {"Retry-After": "5"}  # seconds; a replica restarts (or the store comes back) in about that
@@ -145,8 +148,8 @@ app.add_middleware(_TokenGate)
 
 
 def preferred_media(accept: str | None) -> str:
-    """``image/png`` or ``image/jpeg`` by the Accept header's q-values (PNG on ties and without a header);
-    406 when it accepts neither."""
+    """``image/png``, ``image/jpeg`` or ``image/webp`` by the Accept header's q-values (on ties the first of
+    IMAGE_MEDIA: PNG, also without a header); 406 when it accepts none of them."""
     if not accept:
         return IMAGE_MEDIA["png"]
     quality: dict[str, float] = {}
@@ -168,10 +171,10 @@ def preferred_media(accept: str | None) -> str:
                 return quality[key]
         return 0.0
 
-    png, jpeg = q_of(IMAGE_MEDIA["png"]), q_of(IMAGE_MEDIA["jpeg"])
-    if max(png, jpeg) <= 0:
-        raise HTTPException(406, f"this API answers image/png or image/jpeg, not {accept}")
-    return IMAGE_MEDIA["jpeg"] if jpeg > png else IMAGE_MEDIA["png"]
+    best = max(IMAGE_MEDIA.values(), key=q_of)  # max keeps the first of equals
+    if q_of(best) <= 0:
+        raise HTTPException(406, f"this API answers {', '.join(IMAGE_MEDIA.values())}, not {accept[:200]}")
+    return best
 
 
 def model_summary(name: str, meta: dict) -> dict[str, Any]:
@@ -189,6 +192,16 @@ def _without_paths(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _without_paths(v) for k, v in value.items() if not (isinstance(v, str) and scrub(v) != v)}
     return value
+
+
+def codec_threads(configured: int | None = None) -> int:
+    """``serve.codec_threads``, else one per CPU core this process may run on."""
+    if configured:
+        return configured
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - platforms without affinity (macOS)
+        return os.cpu_count() or 1
 
 
 class Timing(dict):
@@ -280,6 +293,10 @@ class Gateway:
         self._listing: tuple[float, Packages | None] = (-float("inf"), None)  # (when, what; None: listing failed)
         self._listing_lock = asyncio.Lock()
         self._decoding = asyncio.Semaphore(self.limits.max_concurrent_decodes)
+        # Decoding and encoding: PIL, OpenCV and zlib release the GIL, so these threads use the replica's cores
+        # while the event loop goes on with HTTP.
+        self.codec = concurrent.futures.ThreadPoolExecutor(codec_threads(self.limits.codec_threads),
+                                                           thread_name_prefix="ganime-codec")
         # Packages whose load failed (a sha256 mismatch, weights that do not fit): name -> (the weights' sha256
         # in model.json, reason). Not loaded again until a new export changes that sha256.
         self._failed_loads: dict[str, tuple[str, str]] = {}
@@ -385,7 +402,7 @@ class Gateway:
         """The upload as RGB that fits ``max_side`` and ``serve.max_pixels``. At most ``serve.max_concurrent_decodes``
         at a time: a decode holds up to ~16 bytes per decoded pixel until it is shrunk."""
         async with self._decoding:
-            return await asyncio.to_thread(self._decode_now, data, max_side)
+            return await asyncio.get_running_loop().run_in_executor(self.codec, self._decode_now, data, max_side)
 
     def _decode_now(self, data: bytes, max_side: int | None) -> np.ndarray:
         if not data:
@@ -427,9 +444,16 @@ class Gateway:
                 logger.warning("Generators replica gone during a request for %s (%s); trying once more",
                                name, type(cause).__name__)
 
-    @staticmethod
-    def _encode(image: np.ndarray, media: str) -> bytes:
-        return images.encode_jpeg(image) if media == IMAGE_MEDIA["jpeg"] else images.encode_png(image, 1)
+    def _encode(self, image: np.ndarray, media: str) -> bytes:
+        if media == IMAGE_MEDIA["jpeg"]:
+            return images.encode_jpeg(image, self.limits.jpeg_quality)
+        if media == IMAGE_MEDIA["webp"]:
+            return images.encode_webp(image, self.limits.webp_quality)
+        return images.encode_png_fast(image, self.limits.png_compress_level)
+
+    async def encode(self, image: np.ndarray, media: str) -> bytes:
+        """``image`` as ``media`` bytes, in the codec pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.codec, self._encode, image, media)
 
     # ---- routes
     @app.get("/", include_in_schema=False)
@@ -461,8 +485,11 @@ class Gateway:
                        max_side: int | None = Query(None, ge=8, le=8192, description="image models: shrink first"),
                        seed: int = Query(0, ge=0, le=2**31 - 1, description="noise models"),
                        n: int = Query(1, ge=1, description="noise models: images in the grid"),
-                       truncation: float | None = Query(None, gt=0, le=10, description="noise models")) -> Response:
-        media = preferred_media(request.headers.get("accept"))
+                       truncation: float | None = Query(None, gt=0, le=10, description="noise models"),
+                       answer_format: Literal["png", "jpeg", "webp"] | None = Query(
+                           None, alias="format", description="the answer's format; default: the Accept header's "
+                                                             "choice (PNG without one)")) -> Response:
+        media = IMAGE_MEDIA[answer_format] if answer_format else preferred_media(request.headers.get("accept"))
         meta = await self._package(name)
         headers = {"X-Ganime-Model": name}
         timing = Timing()
@@ -490,7 +517,7 @@ class Gateway:
         timing["forward"] = run.forward_ms
         headers["X-Ganime-Precision"] = run.precision
         with timing("encode"):
-            data = await asyncio.to_thread(self._encode, output, media)
+            data = await self.encode(output, media)
         return Response(data, media_type=media, headers={**headers, "Server-Timing": timing.header()})
 
 
@@ -500,37 +527,62 @@ def build_app(args: dict | None = None) -> serve.Application:
     return application(args)
 
 
-def application(args: dict | None = None, replicas: int | None = None,
-                num_cpus: float | None = None) -> serve.Application:
+def application(args: dict | None = None, replicas: int | None = None, num_cpus: float | None = None,
+                num_gpus: float | None = None, generator_replicas: int | None = None) -> serve.Application:
     """``args`` is a ray-ganime config tree; only its ``store`` and ``serve`` sections matter (the store defaults
-    to $GANIME_STORE, as everywhere). ``replicas`` (of the Gateway) and ``num_cpus`` (of the replicas that hold
-    the networks): for ``ganime serve``; a Serve config file sets them in its ``deployments:``."""
+    to $GANIME_STORE, as everywhere). ``replicas`` (of the Gateway), ``num_cpus`` and ``num_gpus`` (of each
+    replica that holds the networks) and ``generator_replicas`` (of Generators, when not colocated): for
+    ``ganime serve`` (``local_layout``); a Serve config file sets them in its ``deployments:``."""
     config = from_tree(dict(args or {})).model_dump(mode="json", include={"store", "serve"})
     gateway = {"num_replicas": replicas} if replicas else {}
-    networks = {**Generators.ray_actor_options, **({"num_cpus": num_cpus} if num_cpus else {})}
+    networks = {**Generators.ray_actor_options, **({"num_cpus": num_cpus} if num_cpus else {}),
+                **({"num_gpus": num_gpus} if num_gpus else {})}
     if config["serve"]["colocate"]:  # one deployment: the Gateway also holds the networks, and their resources
         return Gateway.options(ray_actor_options=networks, **gateway).bind(None, config)
-    return Gateway.options(**gateway).bind(Generators.options(ray_actor_options=networks).bind(config), config)
+    generators = Generators.options(ray_actor_options=networks,
+                                    **({"num_replicas": generator_replicas} if generator_replicas else {}))
+    return Gateway.options(**gateway).bind(generators.bind(config), config)
+
 
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-LOCAL_REPLICAS = 2  # `ganime serve`: one replica answers while another restarts
+LOCAL_REPLICAS = 2  # `ganime serve`: at least two, so that one replica answers while another restarts
+# CPU cores per replica when sizing to the machine: one runs the replica's event loop (HTTP, routing), the
+# others its codec threads and torch's. More replicas split the batches that make a forward pass cheap.
+CORES_PER_REPLICA = 4
 REPLICA_MEMORY = 2**30  # Ray memory per colocated replica asked for before running two: Python, torch, networks
+GATEWAY_CPUS = Gateway.ray_actor_options["num_cpus"]
 
 
-def _local_replicas(colocate: bool) -> dict:
-    """``build_app``'s replicas and CPUs under ``ganime serve`` on a Ray of its own: two Gateway replicas, so that
-    HAProxy sends requests to one while the other restarts. Colocated, each replica holds up to
-    serve.models_per_replica networks: two where Ray has the memory for a second copy, with CPUs split so that
-    both fit (a 2-core box runs two of one CPU)."""
-    resources = ray.cluster_resources()
+def local_layout(colocate: bool, resources: dict[str, float], replicas: int | None = None) -> dict:
+    """``application``'s sizes under ``ganime serve`` on a Ray of its own, whose ``resources`` (CPU, GPU,
+    memory) these are: ``replicas`` (``serve.replicas``) or one per CORES_PER_REPLICA cores, at least
+    LOCAL_REPLICAS, so that HAProxy sends requests to one while another restarts.
+
+    Colocated, each replica holds up to serve.models_per_replica networks: as many replicas as Ray has the
+    memory for (when not given), each with an equal share of the CPUs and of the GPUs (all replicas of one GPU
+    share it; torch threads follow the CPU share). Two deployments: the Gateway replicas take GATEWAY_CPUS each,
+    Generators one replica per GPU (num_gpus 1), or, without GPUs, one replica with the other CPUs."""
+    cpus, gpus = max(resources.get("CPU", 1), 1.0), resources.get("GPU", 0)
+    count = replicas or max(LOCAL_REPLICAS, int(cpus) // CORES_PER_REPLICA)
     if not colocate:
-        return {"replicas": LOCAL_REPLICAS}
-    replicas = LOCAL_REPLICAS if resources.get("memory", 0) >= LOCAL_REPLICAS * REPLICA_MEMORY else 1
-    return {"replicas": replicas, "num_cpus": min(1.0, resources.get("CPU", 1) / replicas)}
+        layout = {"replicas": count}
+        if gpus >= 1:
+            layout.update(generator_replicas=int(gpus), num_gpus=1)
+        elif gpus > 0:
+            layout.update(num_gpus=gpus)
+        else:
+            layout.update(num_cpus=max(1.0, cpus - count * GATEWAY_CPUS))
+        return layout
+    if replicas is None:
+        count = min(count, max(1, int(resources.get("memory", 0) // REPLICA_MEMORY)))
+    layout = {"replicas": count, "num_cpus": cpus / count}
+    if gpus > 0:
+        layout["num_gpus"] = gpus / count
+    return layout
 
 
 def run_local(tree: dict, blocking: bool = True) -> str:
@@ -552,11 +604,12 @@ def run_local(tree: dict, blocking: bool = True) -> str:
         signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-        replicas = _local_replicas(colocate) if own_ray else {}
+        replicas = local_layout(colocate, ray.cluster_resources(), cfg.serve.replicas) if own_ray else {}
         serve.run(application(tree, **replicas), name=APP_NAME, route_prefix="/", blocking=False)
         layout = "one deployment" if colocate else "two deployments"
+        gpus = f", {replicas['num_gpus']:g} GPU each" if replicas.get("num_gpus") else ""
         print(f"serving the models in {cfg.store.uri} at {url}  ({layout}, {replicas.get('replicas', 1)} "
-              f"replicas; Ctrl-C stops)", flush=True)
+              f"replicas{gpus}; Ctrl-C stops)", flush=True)
         while blocking:
             time.sleep(3600)
     except KeyboardInterrupt:

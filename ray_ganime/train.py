@@ -30,7 +30,7 @@ import yaml
 
 from ray_ganime import checkpoints, images, preview, shards, storage, transforms
 from ray_ganime.config import Config
-from ray_ganime.data import ShardData
+from ray_ganime.data import Pixels, ShardData
 from ray_ganime.recipes import recipe_class
 
 # Ray Train V2's record of a run's registered checkpoints, in the run folder: get_checkpoint() offers its newest.
@@ -248,8 +248,12 @@ def check_ranks_in_sync(nets: dict[str, torch.nn.Module], world: int) -> None:
 
 
 def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
-    fmt = torch.channels_last if channels_last and device.type == "cuda" else torch.contiguous_format
-    return {k: v.to(device, non_blocking=True, memory_format=fmt) if isinstance(v, torch.Tensor) else v
+    """A batch on ``device``: collated uint8 ``Pixels`` are copied (asynchronously from pinned memory), cropped,
+    flipped and made float there, so the training process's CPU does no per-pixel work; tensors are moved."""
+    last = channels_last and device.type == "cuda"
+    fmt = torch.channels_last if last else torch.contiguous_format
+    return {k: v.to(device, channels_last=last) if isinstance(v, Pixels)
+            else v.to(device, non_blocking=True, memory_format=fmt) if isinstance(v, torch.Tensor) else v
             for k, v in batch.items()}
 
 
@@ -325,7 +329,7 @@ def train_loop(loop_config: dict) -> None:
         recipe.load_state_dict(state["recipe"])
         start_epoch, step = state["epoch"], state["global_step"]
         restore_rank_state(state, recipe, rank, world)
-    data = ShardData(loop_config["dataset_uri"], cfg.data, options)
+    data = ShardData(loop_config["dataset_uri"], cfg.data, options, device=device)
     streams = type(recipe).streams
     sources = {stream: ray.train.get_dataset_shard(stream) for stream in streams}
     log = RunLog(uri, options, start_epoch) if rank == 0 else None

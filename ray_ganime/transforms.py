@@ -1,14 +1,19 @@
 """Per-image stages of the GAN papers, as pure numpy/OpenCV functions.
 
 Arrays are ``numpy.uint8`` RGB: one image is ``(H, W, 3)``, a batch is ``(N, H, W, 3)``. Only
-``to_tensor``/``to_uint8`` touch torch. Every function is deterministic: the random ones take an
-explicit ``numpy.random.Generator`` and draw from it in a documented order.
+``to_tensor``/``to_uint8`` and the device-side ``crop_flip_tensor``/``to_float`` touch torch. Every
+function is deterministic: the random ones take an explicit ``numpy.random.Generator`` and draw from it
+in a documented order, or (``keyed_crop_flip_params``) hash explicit keys.
 
 Where they run:
 
 * Ray Data ``map_batches`` (heavy, deterministic): ``resize``, ``grayscale``, ``edge_smooth_batch``,
   ``normalize_lineart_batch``, ``center_crop``.
-* the training worker's collate function (cheap, random): ``random_crop_flip_batch``, ``to_tensor``.
+* the training worker's collate function (no per-pixel work): ``keyed_crop_flip_params``, the crop/flip
+  of each example keyed by its id, so it does not depend on batch grouping or order.
+* the training device (``data.Pixels.to``): ``crop_flip_tensor``, ``to_float`` (bitwise ``to_tensor``).
+* evaluation and inference: ``center_crop``, ``to_tensor``. ``random_crop_flip_batch`` draws sequentially
+  from one generator, for callers that own the batch order.
 
 Sources of the constants:
 
@@ -426,3 +431,122 @@ def to_uint8(tensor: torch.Tensor | np.ndarray) -> np.ndarray:
     pixels = ((tensor + 1.0) * 127.5).clamp_(0, 255).round_().to(torch.uint8)
     pixels = pixels.movedim(-3, -1)  # channels last
     return np.ascontiguousarray(pixels.numpy())
+
+
+# ------------------------------------------------------------------------- keyed crop/flip, device side
+
+# Three odd multiples of 2**64 / golden ratio (SplitMix64's increment): one stream per drawn value.
+_STREAMS = [np.uint64(k * 0x9E3779B97F4A7C15 % 2**64) for k in (1, 2, 3)]
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on a uint64 array (wrapping arithmetic): a bijection that scrambles every bit."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def keyed_crop_flip_params(
+    keys: np.ndarray, seed: int, epoch: int, repeat: int, height: int, width: int, crop: int, flip: bool = True
+) -> np.ndarray:
+    """Per-example ``(top, left, flip)`` as an int64 (N, 3) array, each row a function of
+    ``(seed, epoch, repeat, keys[i])`` alone (``keys``: one uint64 per example, e.g. a hash of its id).
+
+    Unlike ``random_crop_flip_batch``'s sequential draws, nothing depends on which other examples share
+    the batch or in which order batches are made, so parallel collation, a different batch grouping or a
+    resumed run all give an example the same window. Offsets are uniform over every valid position
+    (inclusive, as ``crop_flip_params``; the modulo bias is below 2**-50), the coin is fair, and the
+    window does not depend on ``flip``.
+    """
+    if crop < 1 or crop > height or crop > width:
+        raise ValueError(f"crop {crop} does not fit in {height}x{width}")
+    keys = np.atleast_1d(np.asarray(keys, dtype=np.uint64))  # arrays: numpy wraps uint64 overflow silently
+    base = np.random.SeedSequence([seed, epoch, repeat]).generate_state(1, np.uint64)
+    h = _mix64(base ^ _mix64(keys))
+    top = _mix64(h + _STREAMS[0]) % np.uint64(height - crop + 1)
+    left = _mix64(h + _STREAMS[1]) % np.uint64(width - crop + 1)
+    coin = _mix64(h + _STREAMS[2]) >> np.uint64(63)
+    out = np.stack([top, left, coin if flip else np.zeros_like(coin)], axis=1)
+    return out.astype(np.int64)
+
+
+def crop_flip_tensor(batch: torch.Tensor, params: torch.Tensor | np.ndarray, crop: int,
+                     vectorized: bool | None = None) -> torch.Tensor:
+    """uint8 (N, H, W, 3) tensor -> (N, crop, crop, 3): example i cropped at ``params[i] = (top, left, flip)``
+    and mirrored left-right when flip is 1, on the tensor's own device.
+
+    ``vectorized`` (default: on any device but the CPU): one gather for the whole batch, a single kernel on
+    an accelerator; on the CPU a per-example copy (cv2.flip) is much faster than torch's gather. Both give
+    the same bytes; the gather is CPU-testable with ``vectorized=True``.
+    """
+    import torch
+
+    if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+        raise ValueError(f"expected a uint8 (N, H, W, 3) tensor, got {batch.dtype} {tuple(batch.shape)}")
+    n, height, width, _ = batch.shape
+    params = torch.as_tensor(params, dtype=torch.int64)
+    if params.shape != (n, 3):
+        raise ValueError(f"expected ({n}, 3) crop params (top, left, flip), got {tuple(params.shape)}")
+    if vectorized is None:
+        vectorized = batch.device.type != "cpu"
+    if not vectorized:
+        rows = params.cpu().tolist()
+        for top, left, _ in rows:  # before any copy: a bad window names itself
+            if not (0 <= top <= height - crop and 0 <= left <= width - crop):
+                raise ValueError(f"crop {crop} at ({top}, {left}) is outside {height}x{width}")
+        with warnings.catch_warnings():  # read-only inputs (Ray's batches) are only read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            source = batch.numpy()
+        out = np.empty((n, crop, crop, 3), np.uint8)
+        for i, (top, left, mirror) in enumerate(rows):
+            window = source[i, top:top + crop, left:left + crop]
+            if mirror:
+                cv2.flip(window, 1, dst=out[i])
+            else:
+                out[i] = window
+        return torch.from_numpy(out)
+    # Bounds are not checked here: that would need the params on the host (a device sync); indexing outside
+    # the image raises on the CPU and trips a device-side assert on CUDA.
+    params = params.to(batch.device, non_blocking=True)
+    steps = torch.arange(crop, device=batch.device)
+    rows = params[:, 0:1] + steps
+    cols = torch.where(params[:, 2:3] != 0, params[:, 1:2] + (crop - 1) - steps, params[:, 1:2] + steps)
+    examples = torch.arange(n, device=batch.device)[:, None, None]
+    return batch[examples, rows[:, :, None], cols[:, None, :]]
+
+
+_LEVELS: dict = {}
+
+
+def _float_levels(device: torch.device) -> torch.Tensor:
+    """The 256 float32 values ``to_tensor`` maps the uint8 levels to, computed on the CPU, cached per device."""
+    import torch
+
+    key = str(device)
+    if key not in _LEVELS:
+        _LEVELS[key] = torch.arange(256, dtype=torch.float32).div_(127.5).sub_(1.0).to(device)
+    return _LEVELS[key]
+
+
+def to_float(batch: torch.Tensor, channels_last_memory: bool = False, lookup: bool | None = None) -> torch.Tensor:
+    """uint8 (N, H, W, 3) tensor -> float32 (N, 3, H, W) in [-1, 1] on the tensor's device: bitwise
+    ``to_tensor``'s values (``x / 127.5 - 1`` rounded as on the CPU), NHWC memory (torch.channels_last) with
+    ``channels_last_memory``, else contiguous NCHW.
+
+    ``lookup`` (default: on any device but the CPU): read the 256 levels, computed once on the CPU, from a
+    table, because a CUDA division by a Python scalar multiplies by its reciprocal instead, which can round
+    differently; without it, ``to_tensor``'s own arithmetic (the faster one on the CPU).
+    """
+    import torch
+
+    if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+        raise ValueError(f"expected a uint8 (N, H, W, 3) tensor, got {batch.dtype} {tuple(batch.shape)}")
+    memory_format = torch.channels_last if channels_last_memory else torch.contiguous_format
+    if lookup is None:
+        lookup = batch.device.type != "cpu"
+    if not lookup:
+        tensor = batch.permute(0, 3, 1, 2).to(dtype=torch.float32, memory_format=memory_format)
+        return tensor.div_(127.5).sub_(1.0)
+    levels = _float_levels(batch.device)
+    nhwc = levels.index_select(0, batch.reshape(-1).int()).view(batch.shape)
+    return nhwc.permute(0, 3, 1, 2).contiguous(memory_format=memory_format)  # NHWC is channels_last already

@@ -8,9 +8,9 @@ import torch
 
 from torch import nn
 
-from ray_ganime import evaluate, images, shards, storage
+from ray_ganime import evaluate, images, shards, storage, transforms
 from ray_ganime.config import DataConfig
-from ray_ganime.data import ShardData
+from ray_ganime.data import Collate, Pixels, ShardData, device_batch
 from ray_ganime.recipes import Direction
 
 pytestmark = pytest.mark.ray
@@ -42,7 +42,8 @@ def cfg(**kw) -> DataConfig:
 
 
 def epoch(data: ShardData, e: int, train: bool = True, split: str = "train") -> list[dict]:
-    return list(data.iter_batches(data.dataset(split, train=train), epoch=e, train=train))
+    """One epoch's batches as the trainer's nets see them (float, on the CPU)."""
+    return [device_batch(b) for b in data.iter_batches(data.dataset(split, train=train), epoch=e, train=train)]
 
 
 def test_batches_have_shapes_range_and_aligned_pairs(pairs):
@@ -57,6 +58,11 @@ def test_batches_have_shapes_range_and_aligned_pairs(pairs):
         torch.testing.assert_close(b["sketch"] + b["color"], torch.zeros_like(b["sketch"]), atol=1e-6, rtol=0)
     count, reasons = data.skipped()
     assert count == 2 and all(r.startswith("bad") for r in reasons)
+    # Page-locked batches only for a CUDA device (the copy there is asynchronous; elsewhere it is a wasted copy);
+    # for a CPU device the collate makes the float tensors itself.
+    on_cpu, on_cuda = (ShardData(pairs, cfg(), device=torch.device(d)).collate(0) for d in ("cpu", "cuda:0"))
+    assert not data.collate(0).pin_memory and not data.collate(0).on_host
+    assert not on_cpu.pin_memory and on_cpu.on_host and on_cuda.pin_memory and not on_cuda.on_host
 
 
 def test_same_seed_same_batches_new_epoch_new_batches(pairs):
@@ -107,7 +113,7 @@ def test_unpaired_streams_each_domain(tmp_path, ray_session):
         data.dataset("train")
     assert data.count("train") == 14 and data.count("train", "A") == 10
     sources = data.stream_datasets({"A": "A", "B": "B"})
-    steps = list(data.train_batches(sources, {"A": "A", "B": "B"}, epoch=0))
+    steps = [device_batch(b) for b in data.train_batches(sources, {"A": "A", "B": "B"}, epoch=0)]
     assert len(steps) == 5  # the longer domain's pass; B (2 batches) restarts
     for batch in steps:
         assert (batch["A"] == -1).all() and (batch["B"] == 1).all() and "image" not in batch
@@ -153,3 +159,64 @@ def test_evaluation_without_a_test_split_uses_val(tmp_path, ray_session):
     write_pairs(str(tmp_path / "train-only"), n=4, held_out="train")
     with pytest.raises(ValueError, match="no held-out split"):
         ShardData(str(tmp_path / "train-only"), cfg()).held_out_split()
+
+
+# ------------------------------------------------------------------------------- the collate (no Ray)
+
+
+def rows(n: int, size: int = 12) -> dict[str, np.ndarray]:
+    """A numpy batch as Ray hands it to the collate: ids, and a sketch/colour pair of uint8 images."""
+    sketch = np.stack([np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8) for i in range(n)])
+    return {"id": np.array([f"r{i}" for i in range(n)], dtype=object), "sketch": sketch, "color": 255 - sketch}
+
+
+def by_id(batches: list[dict], name: str = "sketch") -> dict[str, torch.Tensor]:
+    return {i: t for b in batches for i, t in zip(b["id"], device_batch(b)[name])}
+
+
+def test_collate_hands_over_uint8_and_the_device_crops_by_row_id():
+    collate, batch = Collate(crop_size=8, flip=True, seed=7, epoch=0, train=True), rows(16)
+    out = collate(batch)
+    assert out["id"] == [f"r{i}" for i in range(16)]
+    pixels = out["sketch"]
+    assert isinstance(pixels, Pixels) and pixels.pixels.dtype == torch.uint8 and pixels.pixels.shape == (16, 12, 12, 3)
+    assert not pixels.pixels.is_pinned()  # pinned only when asked (the trainer asks on a CUDA device)
+    assert out["color"].crop is pixels.crop  # one window per example, shared by its columns
+    params = pixels.crop.numpy()
+    assert len({tuple(p[:2]) for p in params}) > 1 and set(params[:, 2]) == {0, 1}
+    on_device = device_batch(out)
+    for i, (top, left, flip) in enumerate(params):  # bitwise the old host path: numpy crop + flip, to_tensor
+        expected = transforms.to_tensor(transforms.crop_flip(batch["sketch"][i], int(top), int(left), 8, bool(flip)))
+        assert torch.equal(on_device["sketch"][i], expected)
+    torch.testing.assert_close(on_device["sketch"] + on_device["color"], torch.zeros_like(on_device["sketch"]),
+                               atol=1e-6, rtol=0)
+    assert device_batch(out, channels_last=True)["sketch"].is_contiguous(memory_format=torch.channels_last)
+
+    # Independent of batch grouping: the same rows collated in other batches get the same windows.
+    regrouped = [collate({k: v[s] for k, v in batch.items()}) for s in (slice(0, 3), slice(3, 11), slice(11, 16))]
+    whole, parts = by_id([out]), by_id(regrouped)
+    assert all(torch.equal(whole[i], parts[i]) for i in whole)
+    # Another epoch or repeat: other windows for most rows; the same epoch again: the same ones.
+    for other in (Collate(8, True, 7, 1, True), Collate(8, True, 7, 0, True, repeat=1)):
+        moved = by_id([other(batch)])
+        assert sum(not torch.equal(whole[i], moved[i]) for i in whole) >= 12
+    again = by_id([Collate(8, True, 7, 0, True)(batch)])
+    assert all(torch.equal(whole[i], again[i]) for i in whole)
+    # For a CPU device the collate thread does the device's part itself: the same bits.
+    host = Collate(8, True, 7, 0, True, on_host=True)(batch)
+    assert all(torch.equal(host[k], on_device[k]) for k in ("sketch", "color"))
+
+
+def test_eval_collate_keeps_the_decoded_window():
+    batch = rows(4, size=8)
+    out = Collate(crop_size=8, flip=True, seed=7, epoch=3, train=False)(batch)
+    assert out["sketch"].crop is None
+    assert torch.equal(device_batch(out)["sketch"], transforms.to_tensor(batch["sketch"]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")
+def test_collate_pins_for_cuda():
+    out = Collate(crop_size=8, flip=True, seed=7, epoch=0, train=True, pin_memory=True)(rows(4))
+    assert out["sketch"].pixels.is_pinned()
+    gpu = device_batch(out, "cuda", channels_last=True)["sketch"]
+    assert torch.equal(gpu.cpu(), device_batch(out)["sketch"])  # the same bits as the CPU path

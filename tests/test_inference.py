@@ -126,3 +126,16 @@ def test_a_package_trained_on_line_art_gets_its_uploads_normalised_first(tmp_pat
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # channels-last order of additions
     # The generator saw the normalised image, not the upload.
     assert np.abs(got.astype(int) - plain.translate([image])[0].astype(int)).mean() > 5
+
+
+def test_device_side_conversions_are_bitwise_those_of_transforms(generators):
+    # translate converts on the generator's device (uint8 over the bus); the values must be transforms' own.
+    g = generators["image_a"]
+    batch = np.stack([random_image(19, 23, seed) for seed in range(3)])
+    x = g._to_input(batch)
+    expected = transforms.to_tensor(batch, channels_last_memory=True)
+    assert x.device == g.device and x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x.cpu(), expected)
+    y = torch.linspace(-1.2, 1.2, 3 * 19 * 23 * 3).reshape(3, 3, 19, 23).to(g.device)
+    assert np.array_equal(g._to_uint8(y), transforms.to_uint8(y))
+    assert np.array_equal(g._to_uint8(y.to(torch.bfloat16)), transforms.to_uint8(y.to(torch.bfloat16)))

@@ -283,6 +283,75 @@ def test_linear_decay_is_unchanged_for_pix2pix():
     assert lr_factors(recipe, 4) == pytest.approx([1.0, 1.0, 2 / 3, 1 / 3], rel=1e-12)
 
 
+# ------------------------------------------------------------------------------------ precision and kernels
+
+
+def test_precision_rule_bf16_only_on_cuda_from_the_threshold_batch():
+    from ray_ganime.recipes.base import AUTOCAST_MIN_BATCH, autocast_dtype
+
+    bf16, big, small = torch.bfloat16, AUTOCAST_MIN_BATCH, AUTOCAST_MIN_BATCH - 1
+    assert autocast_dtype("cuda", "auto", big, bf16_supported=True) is bf16
+    assert autocast_dtype("cuda", "auto", 32, bf16_supported=True) is bf16
+    assert autocast_dtype("cuda", "auto", small, bf16_supported=True) is None  # batch 1: float32 is faster
+    assert autocast_dtype("cuda", "auto", 1, bf16_supported=True) is None
+    assert autocast_dtype("cuda", "auto", 32, bf16_supported=False) is None  # no bf16 units: float32
+    assert autocast_dtype("cpu", "auto", 32) is None and autocast_dtype("cpu", "auto", 1) is None
+    assert autocast_dtype("cuda", "float32", 32, bf16_supported=True) is None
+    assert autocast_dtype("cuda", "bfloat16", 1, bf16_supported=True) is bf16
+    assert autocast_dtype("cpu", "bfloat16", 1) is bf16  # asked for explicitly
+    with pytest.raises(ValueError, match="fp16"):
+        autocast_dtype("cuda", "fp16", 32)
+
+
+def test_precision_config_and_the_old_amp_switch():
+    assert build("pix2pix").amp_dtype is None  # CPU default: float32, as before
+    assert build("pix2pix", "train.precision=bfloat16").amp_dtype is torch.bfloat16
+    assert make_cfg("pix2pix", "train.amp=false").train.precision == "float32"
+    assert make_cfg("pix2pix", "train.amp=true").train.precision == "auto"
+    with pytest.raises(ConfigError, match="train.precision"):
+        make_cfg("pix2pix", "train.precision=fp16")
+
+
+def test_cpu_adam_is_foreach_and_bitwise_the_default_loop():
+    """foreach on CPU (fused is for CUDA) must leave CPU training bitwise as it was (exact resume, determinism)."""
+    recipe = build("pix2pix")
+    for opt in recipe.optimizers.values():
+        assert [(g["foreach"], g["fused"]) for g in opt.param_groups] == [(True, False)]
+    reference = build("pix2pix")
+    reference.optimizers = {k: torch.optim.Adam(reference.nets[k].parameters(), lr=2e-4, betas=(0.5, 0.999))
+                            for k in ("G", "D")}  # PyTorch's default per-tensor loop on CPU
+    batch = recipe.example_batch(2, seed=3)
+    for r in (recipe, reference):
+        torch.manual_seed(5)
+        r.train_step(batch)
+        r.train_step(batch)
+    assert_states_equal(snapshot(recipe), snapshot(reference))
+
+
+def test_a_checkpoint_from_a_fused_optimiser_resumes_with_this_devices_kernels():
+    recipe = build("pix2pix")
+    recipe.train_step(recipe.example_batch(2))
+    state = saved_and_loaded(recipe.state_dict())
+    for opt in state["optimizers"].values():  # as a CUDA run writes it
+        for g in opt["param_groups"]:
+            g.update(fused=True, foreach=False)
+    fresh = build("pix2pix", seed=1)
+    fresh.load_state_dict(state)
+    for opt in fresh.optimizers.values():
+        assert [(g["foreach"], g["fused"]) for g in opt.param_groups] == [(True, False)]
+    batch = recipe.example_batch(2, seed=1)
+    steps = []
+    for r in (recipe, fresh):
+        torch.manual_seed(9)
+        steps.append(r.train_step(batch))
+    assert_states_equal(steps[0], steps[1], "losses")
+
+
+def test_example_batch_is_contiguous_nchw_on_cpu():
+    batch = build("pix2pix").example_batch(2)
+    assert batch["sketch"].shape == (2, 3, SIZE, SIZE) and batch["sketch"].is_contiguous()
+
+
 # ------------------------------------------------------------------------------------ layering
 
 PACKAGE = Path(ray_ganime.__file__).parent

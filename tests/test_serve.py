@@ -26,7 +26,8 @@ from PIL import Image
 from serving import png_claiming, random_image, reason
 
 from ray_ganime import export, images, inference
-from ray_ganime.serve import APP_NAME, MISS_RELIST_S, Gateway, Generators, build_app, model_summary, preferred_media
+from ray_ganime.serve import (APP_NAME, MISS_RELIST_S, Gateway, Generators, application, build_app, local_layout,
+                              model_summary, preferred_media)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -138,6 +139,13 @@ def test_multipart_upload_jpeg_answer_and_max_side(served, local):
     status, headers, body = generate(served, name, image, headers={"Accept": "image/jpeg, image/png;q=0.5"})
     assert status == 200 and headers["content-type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
     assert images.decode_rgb(body).shape == image.shape
+    status, headers, body = generate(served, name, image, headers={"Accept": "image/webp, image/png;q=0.5"})
+    assert status == 200 and headers["content-type"] == "image/webp" and body[8:12] == b"WEBP"
+    assert images.decode_rgb(body).shape == image.shape
+    # ?format= wins over Accept; PNG answers are lossless.
+    status, headers, body = generate(served, name, image, "?format=png", headers={"Accept": "image/webp"})
+    assert status == 200 and headers["content-type"] == "image/png"
+    assert_close(images.decode_rgb(body), local["image_a"].translate([image])[0])
 
     big = random_image(200, 300, seed=4)
     status, _, body = generate(served, name, big, "?max_side=64")
@@ -202,6 +210,8 @@ def test_every_bad_request_gets_its_4xx_with_a_reason_and_the_server_goes_on(ser
         (415, call(served, path, b"hello", {"Content-Type": "text/plain"}), "text/plain"),
         (415, call(served, path, png, {"Content-Type": "application/x-www-form-urlencoded"}), "Content-Type"),
         (406, call(served, path, png, {"Content-Type": "image/png", "Accept": "application/json"}), "image/png"),
+        (406, call(served, path, png, {"Content-Type": "image/png", "Accept": "image/avif"}), "image/webp"),
+        (422, call(served, path + "?format=gif", png, {"Content-Type": "image/png"}), "format"),
         (422, call(served, path + "?max_side=abc", png, {"Content-Type": "image/png"}), "max_side"),
         (422, call(served, path + "?max_side=2", png, {"Content-Type": "image/png"}), "max_side"),
         (422, call(served, f"v1/models/{noise}/generate?n=0", b""), "n"),
@@ -260,8 +270,90 @@ def test_preferred_media_follows_accept_q_values():
     assert preferred_media("image/jpeg") == "image/jpeg"
     assert preferred_media("image/png;q=0.4, image/jpeg;q=0.9") == "image/jpeg"
     assert preferred_media("image/*, image/png;q=0") == "image/jpeg"
-    with pytest.raises(Exception, match="406|image/png"):
-        preferred_media("text/html")
+    assert preferred_media("image/webp") == "image/webp"
+    assert preferred_media("image/avif, image/webp, */*;q=0.8") == "image/webp"  # a browser's <img> Accept
+    assert preferred_media("image/webp;q=0.9, image/jpeg;q=0.9") == "image/jpeg"  # ties: PNG, JPEG, WebP
+    assert preferred_media("image/*;q=0.5, image/webp;q=0.6") == "image/webp"
+    for refused in ("text/html", "image/avif", "image/*;q=0", "image/webp;q=0"):
+        with pytest.raises(HTTPException) as e:
+            preferred_media(refused)
+        assert e.value.status_code == 406 and "image/webp" in e.value.detail
+
+
+def ray_free_gateway(tree: dict):
+    """A Gateway built in this process without Ray or Serve (its class under Serve's ingress wrapper)."""
+    gateway_class = Gateway.func_or_class.__mro__[1]
+    gateway = gateway_class.__new__(gateway_class)
+    gateway_class.__init__(gateway, None, tree)
+    return gateway
+
+
+def test_answers_are_encoded_in_the_codec_pool_at_the_configured_level(tmp_path, monkeypatch):
+    import asyncio
+    import threading
+
+    y, x = np.mgrid[0:128, 0:192]
+    image = np.stack([x * 255 // 191, y * 255 // 127, (x // 32 + y // 32) % 2 * 200], -1).astype(np.uint8)
+    image[40:90, 60:150] = (250, 240, 10)  # gradients and flat cels: compressible, and lossy codecs keep it close
+    threads: list[str] = []
+    real_encode = images.encode_png_fast
+    monkeypatch.setattr(images, "encode_png_fast",
+                        lambda *a: threads.append(threading.current_thread().name) or real_encode(*a))
+    sizes = {}
+    for level in (0, 1, 9):
+        gateway = ray_free_gateway({"store": {"uri": str(tmp_path)},
+                                    "serve": {"png_compress_level": level, "codec_threads": 3}})
+        assert gateway.codec._max_workers == 3
+        png = asyncio.run(gateway.encode(image, "image/png"))
+        assert np.array_equal(images.decode_rgb(png), image)  # lossless at every level, through OpenCV ...
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), image)  # ... and through PIL
+        sizes[level] = len(png)
+        jpeg, webp = (asyncio.run(gateway.encode(image, media)) for media in ("image/jpeg", "image/webp"))
+        assert jpeg[:2] == b"\xff\xd8" and webp[:4] == b"RIFF" and webp[8:12] == b"WEBP"
+        for lossy in (jpeg, webp):
+            assert np.abs(images.decode_rgb(lossy).astype(int) - image).mean() < 8
+        gateway.codec.shutdown()
+    assert sizes[0] > sizes[1] > sizes[9]
+    assert len(threads) == 3 and all(name.startswith("ganime-codec") for name in threads)
+
+
+def test_fast_png_round_trips_bit_exact_and_opencv_decodes_like_pil():
+    rng = np.random.default_rng(0)
+    for shape in ((1, 1, 3), (1, 9, 3), (7, 1, 3), (33, 50, 3), (20, 31)):
+        array = rng.integers(0, 256, shape, dtype=np.uint8)
+        for level in range(10):
+            png = images.encode_png_fast(array, level)
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), array), (shape, level)
+    with pytest.raises(ValueError, match="0-9"):
+        images.encode_png_fast(array, 10)
+    with pytest.raises(ValueError, match="uint8"):
+        images.encode_png_fast(array.astype(np.float32))
+    # decode_rgb takes OpenCV for 8-bit RGB and gray PNGs: the same pixels as PIL's, gamma chunk or not.
+    color = random_image(40, 56, seed=2)
+    for array, options in ((color, {}), (color, {"gamma": 0.45}), (color[..., 0], {})):
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, "PNG", **options)
+        expected = np.asarray(Image.fromarray(array).convert("RGB"))
+        assert np.array_equal(images.decode_rgb(buffer.getvalue()), expected)
+
+
+def test_ganime_serve_sizes_replicas_to_the_machine():
+    gib = 2**30
+    two_cores = local_layout(True, {"CPU": 2, "memory": 8 * gib})
+    assert two_cores == {"replicas": 2, "num_cpus": 1.0}  # as before: one CPU each
+    assert local_layout(True, {"CPU": 2, "memory": gib // 2}) == {"replicas": 1, "num_cpus": 2.0}
+    assert local_layout(True, {"CPU": 16, "GPU": 1, "memory": 100 * gib}) == {"replicas": 4, "num_cpus": 4.0,
+                                                                                "num_gpus": 0.25}
+    assert local_layout(True, {"CPU": 16, "memory": 100 * gib}, replicas=8)["num_cpus"] == 2.0
+    assert local_layout(False, {"CPU": 16, "GPU": 2, "memory": 100 * gib}) == {"replicas": 4, "generator_replicas": 2,
+                                                                                 "num_gpus": 1}
+    assert local_layout(False, {"CPU": 2, "memory": 8 * gib}) == {"replicas": 2, "num_cpus": 1.5}
+    # What the layout asks of Ray fits the machine.
+    app = application({"store": {"uri": "/unused"}, "serve": {"colocate": False}},
+                      **local_layout(False, {"CPU": 16, "GPU": 2, "memory": 100 * gib}))._bound_deployment
+    generators = app.init_args[0]._bound_deployment if hasattr(app.init_args[0], "_bound_deployment") \
+        else app.init_args[0]
+    assert app.num_replicas == 4 and generators.ray_actor_options["num_gpus"] == 1
 
 
 def test_unknown_model_names_relist_the_store_at_most_once_a_second(tmp_path, monkeypatch):
@@ -273,9 +365,7 @@ def test_unknown_model_names_relist_the_store_at_most_once_a_second(tmp_path, mo
     listings = []
     real_scan = export.scan_packages
     monkeypatch.setattr(export, "scan_packages", lambda *a: listings.append(1) or real_scan(*a))
-    gateway_class = Gateway.func_or_class.__mro__[1]  # the class under Serve's ingress wrapper
-    gateway = gateway_class.__new__(gateway_class)
-    gateway_class.__init__(gateway, None, {"store": {"uri": str(tmp_path)}})
+    gateway = ray_free_gateway({"store": {"uri": str(tmp_path)}})
 
     async def ask(name: str) -> int:
         try:

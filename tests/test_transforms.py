@@ -425,3 +425,69 @@ def test_to_uint8_saturates_and_rounds():
     out = T.to_uint8(tensor)
     assert out.shape == (1, 1, 2, 3)
     np.testing.assert_array_equal(out[0].transpose(2, 0, 1).ravel(), [0, 0, 1, 128, 255, 255])
+
+
+# ------------------------------------------------------------------ keyed crop/flip and the device side
+
+
+def test_keyed_params_depend_on_key_epoch_and_repeat_alone():
+    keys = np.arange(64, dtype=np.uint64) * 7919
+    first = T.keyed_crop_flip_params(keys, 3, 1, 0, H, W, CROP)
+    assert first.shape == (64, 3) and first.dtype == np.int64
+    np.testing.assert_array_equal(first, T.keyed_crop_flip_params(keys, 3, 1, 0, H, W, CROP))
+    # Independent of batch grouping and order: any split or permutation gives each key the same row.
+    order = np.random.default_rng(0).permutation(64)
+    np.testing.assert_array_equal(T.keyed_crop_flip_params(keys[order], 3, 1, 0, H, W, CROP), first[order])
+    halves = [T.keyed_crop_flip_params(keys[s], 3, 1, 0, H, W, CROP) for s in (slice(0, 5), slice(5, None))]
+    np.testing.assert_array_equal(np.concatenate(halves), first)
+    for other in ((3, 2, 0), (3, 1, 1), (4, 1, 0)):  # another epoch, repeat, seed: other windows
+        changed = (T.keyed_crop_flip_params(keys, *other, H, W, CROP) != first).any(axis=1)
+        assert changed.mean() > 0.8, other
+    no_flip = T.keyed_crop_flip_params(keys, 3, 1, 0, H, W, CROP, flip=False)
+    np.testing.assert_array_equal(no_flip[:, :2], first[:, :2])  # the same windows, never mirrored
+    assert (no_flip[:, 2] == 0).all()
+    with pytest.raises(ValueError, match="does not fit"):
+        T.keyed_crop_flip_params(keys, 3, 1, 0, H, W, W + 1)
+
+
+def test_keyed_params_in_bounds_cover_the_range_and_flip_half():
+    params = T.keyed_crop_flip_params(np.arange(4000, dtype=np.uint64), 0, 0, 0, 34, 35, 32)
+    assert set(params[:, 0]) == {0, 1, 2} and set(params[:, 1]) == {0, 1, 2, 3}
+    assert 0.45 < params[:, 2].mean() < 0.55
+    full = T.keyed_crop_flip_params(np.arange(10, dtype=np.uint64), 0, 0, 0, 32, 32, 32)
+    assert (full[:, :2] == 0).all()
+
+
+@pytest.mark.parametrize("vectorized", [False, True])
+def test_crop_flip_tensor_matches_crop_flip_per_example(vectorized):
+    coords = coordinate_batch(N, H, W)
+    params = T.keyed_crop_flip_params(np.arange(N, dtype=np.uint64), 1, 0, 0, H, W, CROP)
+    assert len(set(params[:, 2])) == 2  # both branches run
+    out = T.crop_flip_tensor(torch.from_numpy(coords), torch.from_numpy(params), CROP, vectorized=vectorized)
+    assert out.dtype == torch.uint8 and out.shape == (N, CROP, CROP, 3)
+    for i, (top, left, flip) in enumerate(params):
+        np.testing.assert_array_equal(out[i].numpy(), T.crop_flip(coords[i], int(top), int(left), CROP, bool(flip)))
+
+
+def test_crop_flip_tensor_rejects_bad_input():
+    batch = torch.from_numpy(coordinate_batch(2, H, W))
+    with pytest.raises(ValueError, match="outside"):
+        T.crop_flip_tensor(batch, torch.tensor([[0, 0, 0], [H - CROP + 1, 0, 1]]), CROP)
+    with pytest.raises(ValueError, match="crop params"):
+        T.crop_flip_tensor(batch, torch.zeros((3, 3), dtype=torch.int64), CROP)
+    with pytest.raises(ValueError, match="uint8"):
+        T.crop_flip_tensor(batch.float(), torch.zeros((2, 3), dtype=torch.int64), CROP)
+
+
+@pytest.mark.parametrize("lookup", [False, True])
+def test_to_float_is_bitwise_to_tensor(lookup):
+    levels = np.repeat(np.arange(256, dtype=np.uint8), 3).reshape(2, 8, 16, 3)  # every level, every channel
+    expected = T.to_tensor(levels)
+    for channels_last in (False, True):
+        got = T.to_float(torch.from_numpy(levels), channels_last_memory=channels_last, lookup=lookup)
+        assert got.dtype == torch.float32 and got.shape == (2, 3, 8, 16)
+        assert torch.equal(got.view(torch.int32), expected.view(torch.int32))  # the bits, not just the values
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        assert got.is_contiguous(memory_format=fmt)
+    with pytest.raises(ValueError, match="uint8"):
+        T.to_float(torch.zeros((1, 3, 4, 4), dtype=torch.uint8))

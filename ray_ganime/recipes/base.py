@@ -70,6 +70,44 @@ def linear_decay(epochs: int, decay_epochs: int) -> Callable[[int], float]:
     return lambda epoch: 1.0 - max(0, epoch + 1 - start) / float(decay_epochs + 1)
 
 
+# precision "auto": bf16 autocast from this many images per device step on. A GAN step at batch 1 is bound by
+# kernel launches, not arithmetic, and autocast's casts add work there (bf16 measured slower than float32 at
+# batch 1 on an H200, faster at 32); bench/gpu_step.py measures both sides of this threshold.
+AUTOCAST_MIN_BATCH = 8
+
+
+def autocast_dtype(device: torch.device | str, precision: str, batch_size: int,
+                   bf16_supported: bool | None = None) -> torch.dtype | None:
+    """The autocast dtype a training step runs in, or None for plain float32 (``train.precision``):
+
+    * ``"float32"``: None everywhere;
+    * ``"bfloat16"``: bf16 autocast on any device (asked for explicitly, so on CPU too);
+    * ``"auto"``: bf16 on CUDA at ``batch_size >= AUTOCAST_MIN_BATCH`` where the GPU has bf16, else float32
+      (CPU always float32: bf16 is slower there, and CPU results stay those of earlier versions).
+
+    ``bf16_supported``: whether the GPU computes in bf16 (None: ask torch).
+    """
+    device = torch.device(device)
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise ValueError(f"precision is auto, float32 or bfloat16, not {precision!r}")
+    if device.type != "cuda" or batch_size < AUTOCAST_MIN_BATCH:
+        return None
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if bf16_supported else None
+
+
+def configure_device(device: torch.device) -> None:
+    """Process-wide settings for training on ``device``: cuDNN picks the fastest convolution algorithms for the
+    (fixed) batch shape on CUDA, as canonical pix2pix does. Nothing changes on CPU."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def step_decay(milestones: list[int], gamma: float) -> Callable[[int], float]:
     """× ``gamma`` after each milestone epoch (3e-4 -> 3e-5 after epoch 120: ``[120], 0.1``)."""
     return lambda epoch: gamma ** sum(epoch >= m for m in milestones)
@@ -88,6 +126,8 @@ class Recipe:
         self.cfg = cfg
         self.device = torch.device(device)
         self.rank = rank
+        configure_device(self.device)
+        self.amp_dtype = autocast_dtype(self.device, cfg.train.precision, cfg.data.batch_size)
         self.epoch = 0  # set by the engine before each epoch / step
         self.global_step = 0
         self.model_opts = self.validate(self.ModelOptions, cfg.model, "model")
@@ -138,6 +178,15 @@ class Recipe:
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError
+
+    def adam(self, params, lr: float) -> torch.optim.Adam:
+        """Adam with ``optim.betas``: fused (one kernel per step for all tensors) on CUDA, multi-tensor
+        (foreach) elsewhere, which on CPU gives bitwise the results of the default per-tensor loop."""
+        return torch.optim.Adam(params, lr=lr, betas=self.cfg.optim.betas, **self._adam_impl())
+
+    def _adam_impl(self) -> dict[str, bool]:
+        fused = self.device.type == "cuda"
+        return {"fused": fused, "foreach": not fused}
 
     def build_schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
         """One per optimiser, stepped after every epoch: ``optim.schedule`` (linear decay or step decay)."""
@@ -202,8 +251,11 @@ class Recipe:
         """A random training batch of the shape the engine feeds (benchmarks, the recipe contract test)."""
         size = size or self.cfg.data.crop_size
         g = torch.Generator().manual_seed(seed)
-        batch: dict[str, Any] = {k: (torch.rand(n, 3, size, size, generator=g) * 2 - 1).to(self.device)
-                                 for k in self.batch_names()}
+        # In the memory format the engine feeds (channels_last on CUDA), so benchmarks time the same kernels.
+        fmt = (torch.channels_last if self.device.type == "cuda" and self.cfg.train.channels_last
+               else torch.contiguous_format)
+        batch: dict[str, Any] = {k: (torch.rand(n, 3, size, size, generator=g) * 2 - 1)
+                                 .to(self.device, memory_format=fmt) for k in self.batch_names()}
         batch["id"] = [str(i) for i in range(n)]
         return batch
 
@@ -220,9 +272,9 @@ class Recipe:
         return names + self.extra_metric_names()
 
     def autocast(self):
-        """bf16 autocast on CUDA when cfg.train.amp (CPU trains in float32: bf16 is slower there)."""
-        enabled = self.device.type == "cuda" and self.cfg.train.amp
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        """Autocast to ``self.amp_dtype`` (see :func:`autocast_dtype`); a no-op in float32."""
+        dtype = self.amp_dtype
+        return torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     def wrap(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
         """Wrap each network that has an optimiser on its own (e.g. DDP): G and D are separate reducers, as
@@ -245,11 +297,21 @@ class Recipe:
             "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
         }
 
+    @staticmethod
+    def _keep_optimizer_impl(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> dict[str, Any]:
+        """``saved`` with this optimiser's implementation flags (fused / foreach / capturable): a checkpoint
+        written on CUDA (fused) resumes on CPU and the other way round, each with its device's kernels
+        (torch would otherwise take the flags from the checkpoint)."""
+        flags = ("fused", "foreach", "capturable")
+        groups = [{**g, **{f: ours[f] for f in flags if f in ours}}
+                  for g, ours in zip(saved["param_groups"], optimizer.param_groups)]
+        return {**saved, "param_groups": groups}
+
     def load_state_dict(self, state: dict[str, Any], nets_only: bool = False) -> None:
         for k, v in state["nets"].items():
             self.nets[k].load_state_dict(v)
         if not nets_only:
             for k, v in state["optimizers"].items():
-                self.optimizers[k].load_state_dict(v)
+                self.optimizers[k].load_state_dict(self._keep_optimizer_impl(self.optimizers[k], v))
             for k, v in state["schedulers"].items():
                 self.schedulers[k].load_state_dict(v)

@@ -104,8 +104,8 @@ class CycleGAN(Recipe):
     def build_optimizers(self):
         # As canonical: one Adam over both generators, one over both discriminators.
         o, n = self.cfg.optim, self.nets
-        return {"G": torch.optim.Adam([*n["G_A"].parameters(), *n["G_B"].parameters()], lr=o.lr_g, betas=o.betas),
-                "D": torch.optim.Adam([*n["D_A"].parameters(), *n["D_B"].parameters()], lr=o.lr_d, betas=o.betas)}
+        return {"G": self.adam([*n["G_A"].parameters(), *n["G_B"].parameters()], o.lr_g),
+                "D": self.adam([*n["D_A"].parameters(), *n["D_B"].parameters()], o.lr_d)}
 
     def train_step(self, batch):
         w, nets = self.loss_opts, self.nets

@@ -60,8 +60,7 @@ class Pix2Pix(Recipe):
 
     def build_optimizers(self):
         o = self.cfg.optim
-        return {"G": torch.optim.Adam(self.nets["G"].parameters(), lr=o.lr_g, betas=o.betas),
-                "D": torch.optim.Adam(self.nets["D"].parameters(), lr=o.lr_d, betas=o.betas)}
+        return {"G": self.adam(self.nets["G"].parameters(), o.lr_g), "D": self.adam(self.nets["D"].parameters(), o.lr_d)}
 
     def train_step(self, batch):
         G, D = self.train_nets["G"], self.train_nets["D"]
