@@ -24,19 +24,7 @@ printed: GET /healthz p50 (HTTP -> proxy -> Gateway and back), the forward pass 
 16 images per call, which bounds what any batching can gain here, and the codec alone in process, step by step
 on the same images in turns: the Gateway's decode and PNG encode vs PIL's decode and PIL's PNG at level 1 (the
 Gateway's encoder before serve.png_compress_level), target >= 2x; JPEG and WebP beside them.
-
-Measured on a 2-core box with no GPU (Intel with AMX, so serve.precision auto is bfloat16; client, Serve,
-its deployments and Ray's own processes on the same 2 cores), defaults:
-    c=1, what Serve adds: one deployment +4.2, +4.3 ms (met); two deployments +9.6 to +10.2 ms in 6 runs
-    (GET /healthz 1.4 ms, the Gateway -> Generators hop over gRPC 5.5-5.9 ms, the rest the 196 KB body and
-    answer). With --ingress proxy (Serve's default Python proxy, what cluster.yaml's cluster runs), two
-    deployments: +26.6 ms, /healthz 7.0 ms and a 9.0 ms hop.
-    c=16, batching on vs off: one deployment 2.42x, 2.52x; two deployments 1.76x to 2.25x (1.53x at worst
-    since the Batcher), mean batch 10 to 14 of 16. The forward alone: 119-144 ms/img one at a time, 43-46
-    ms/img 16 per call (about 3x at most). Two changes made this: bfloat16 + channels-last on AMX (float32
-    NCHW gained at most 1.09x from batching; float32 channels-last 1.5x, --precision float32), and
-    batching.Batcher in place of @serve.batch, whose batches stayed at a mean of 2.2 requests (0.99x).
-    Still to do: the same run on a GPU machine (none lent so far).
+Figures measured with it: the README's Benchmarks and Serving sections.
 """
 
 from __future__ import annotations
