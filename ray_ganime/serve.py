@@ -544,7 +544,6 @@ def application(args: dict | None = None, replicas: int | None = None, num_cpus:
     return Gateway.options(**gateway).bind(generators.bind(config), config)
 
 
-
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
