@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train import max_abs_diff, meta, metrics_lines, saved_state, timed_fit, unique
+from test_train import max_abs_diff, meta, metrics_lines, saved_state, stop_and_rerun, timed_fit, unique
 
 from ray_ganime import train
 from ray_ganime.config import load_config
@@ -66,11 +66,7 @@ RESUME = ("train.epochs=4", "optim.decay_epochs=2", "loss.pool_size=4", "model.d
 
 @pytest.fixture(scope="module")
 def resume_runs(store) -> dict:
-    a = timed_fit(make_cfg(store, unique("cg-resume-a"), *RESUME))
-    name_b = unique("cg-resume-b")
-    b1 = timed_fit(make_cfg(store, name_b, *RESUME, "train.stop_after=2"))
-    b2 = timed_fit(make_cfg(store, name_b, *RESUME))
-    return {"a": a, "b1": b1, "b2": b2}
+    return stop_and_rerun(make_cfg, store, "cg-resume", *RESUME)
 
 
 @pytest.mark.ray

@@ -58,6 +58,16 @@ def timed_fit(cfg) -> dict:
     return out
 
 
+def stop_and_rerun(make_cfg, store: str, prefix: str, *overrides: str) -> dict:
+    """Exact resume's three fits: "a" uninterrupted; "b1" the same run stopped after epoch 2 (train.stop_after);
+    "b2" that run re-run under its name to the end."""
+    a = timed_fit(make_cfg(store, unique(f"{prefix}-a"), *overrides))
+    name_b = unique(f"{prefix}-b")
+    b1 = timed_fit(make_cfg(store, name_b, *overrides, "train.stop_after=2"))
+    b2 = timed_fit(make_cfg(store, name_b, *overrides))
+    return {"a": a, "b1": b1, "b2": b2}
+
+
 def initial_nets(cfg) -> dict[str, torch.nn.Module]:
     """The networks as every worker builds them before step 1 (train_loop seeds, then builds)."""
     torch.manual_seed(cfg.train.seed)
@@ -236,11 +246,7 @@ RESUME_LRS = [2e-4, 2e-4, 2e-4 * 2 / 3, 2e-4 / 3]
 
 @pytest.fixture(scope="module")
 def resume_runs(store) -> dict:
-    a = timed_fit(make_cfg(store, unique("resume-a"), *RESUME))
-    name_b = unique("resume-b")
-    b1 = timed_fit(make_cfg(store, name_b, *RESUME, "train.stop_after=2"))
-    b2 = timed_fit(make_cfg(store, name_b, *RESUME))
-    return {"a": a, "b1": b1, "b2": b2}
+    return stop_and_rerun(make_cfg, store, "resume", *RESUME)
 
 
 @pytest.mark.ray
