@@ -113,19 +113,13 @@ class Generator:
         """Forward (autocast to bfloat16 when that is the precision), uint8 NHWC out."""
         with torch.inference_mode(), torch.autocast(self.device.type, self.dtype,
                                                     enabled=self.dtype != torch.float32):
-            return self._to_uint8(self.model(x.to(self.device)))
+            return transforms.to_uint8(self.model(x.to(self.device)))  # on the device: uint8 comes back
 
     def _to_input(self, batch: np.ndarray) -> torch.Tensor:
-        """uint8 (N, H, W, 3) -> float32 channels-last in [-1, 1] on the device: ``transforms.to_tensor``'s
-        arithmetic, done where the network runs, so that uint8 crosses the bus (a quarter of float32's bytes)
-        and a GPU, not the replica's CPU, does the per-pixel work. The same values on any device."""
-        pixels = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2)
-        return pixels.to(dtype=torch.float32, memory_format=torch.channels_last).div_(127.5).sub_(1.0)
-
-    def _to_uint8(self, output: torch.Tensor) -> np.ndarray:
-        """``transforms.to_uint8`` on the device: only uint8 comes back to the host."""
-        pixels = ((output.float() + 1.0) * 127.5).clamp_(0, 255).round_().to(torch.uint8)
-        return np.ascontiguousarray(pixels.movedim(-3, -1).cpu().numpy())
+        """uint8 (N, H, W, 3) -> float32 channels-last in [-1, 1], converted on the device (uint8 crosses the
+        bus): ``transforms.to_float``, bitwise ``transforms.to_tensor``'s values on any device."""
+        pixels = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        return transforms.to_float(pixels, channels_last_memory=True)
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """An upload as the generator's training data was prepared (``input.preprocess``), else as it is."""

@@ -422,15 +422,17 @@ def to_uint8(tensor: torch.Tensor | np.ndarray) -> np.ndarray:
 
     Values are mapped by ``(x + 1) * 127.5``, clipped to [0, 255] and rounded, so generator outputs a
     little outside [-1, 1] saturate instead of wrapping. Exact inverse of ``to_tensor`` on uint8 input.
+    Computed on the tensor's own device (add, multiply and round are exact IEEE operations there too), so
+    only uint8 comes back to the host.
     """
     import torch
 
-    tensor = torch.as_tensor(tensor).detach().to("cpu", torch.float32)
+    tensor = torch.as_tensor(tensor).detach().float()
     if tensor.ndim not in (3, 4) or tensor.shape[-3] != 3:
         raise ValueError(f"expected (3, H, W) or (N, 3, H, W), got shape {tuple(tensor.shape)}")
     pixels = ((tensor + 1.0) * 127.5).clamp_(0, 255).round_().to(torch.uint8)
     pixels = pixels.movedim(-3, -1)  # channels last
-    return np.ascontiguousarray(pixels.numpy())
+    return np.ascontiguousarray(pixels.cpu().numpy())
 
 
 # ------------------------------------------------------------------------- keyed crop/flip, device side
