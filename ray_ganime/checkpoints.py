@@ -160,7 +160,7 @@ def recipe_of(state: dict, device: torch.device | str = "cpu"):
 
     cfg = Config.model_validate(state["config"])
     with torch.random.fork_rng(devices=[]):  # building a recipe initialises weights: leave the caller's RNG be
-        recipe = recipe_class(cfg.recipe)(cfg, device)
+        recipe = recipe_class(cfg.recipe)(cfg, device, frozen=False)
     recipe.load_state_dict(state["recipe"], nets_only=True)
     return recipe
 

@@ -151,6 +151,30 @@ def cmd_export(args) -> None:
         _print_package(export.package_meta(uri, cfg.store.options()), uri)
 
 
+def cmd_import(args) -> None:
+    from ray_ganime import export
+
+    cfg = _load(args)
+    junyanz = {"netG": args.netG, "ngf": args.ngf, "norm": args.norm}
+    if args.kind == "animegan2":
+        given = [f"--{k}" for k, v in junyanz.items() if v is not None]
+        if given:
+            raise cfgmod.ConfigError(f"{', '.join(given)}: for pix2pix and cyclegan checkpoints, not animegan2")
+        uri = export.import_animegan2(args.file, args.name, cfg.store.uri, cfg.store.options(),
+                                      overwrite=args.overwrite, align_corners=args.align_corners is not False,
+                                      native_size=args.native_size or 512, onnx=args.onnx)
+    else:
+        if args.align_corners is not None:
+            raise cfgmod.ConfigError("--align-corners: for animegan2 checkpoints only")
+        uri = export.import_junyanz(args.kind, args.file, args.name, cfg.store.uri, cfg.store.options(), **junyanz,
+                                    native_size=args.native_size, overwrite=args.overwrite, onnx=args.onnx)
+    meta = export.package_meta(uri, cfg.store.options())
+    print(f"{uri}\n{args.kind} generator {meta['network']['class']}({meta['network']['args']}), "
+          f"{meta['weights']['parameters']:,} parameters, native {meta['native_size']} px (any size: padded to a "
+          f"multiple of {meta['size_multiple']}), imported from {meta['training']['imported_from']} "
+          f"(sha256 {meta['training']['source_sha256'][:12]})" + (", with ONNX" if meta["onnx"] else ""))
+
+
 def _print_package(meta: dict, uri: str) -> None:
     from ray_ganime import export
 
@@ -236,6 +260,10 @@ def _print_manifest(dest: str, manifest: dict) -> None:
     print(f"wrote {dest}\n{shards.describe(manifest)}")
 
 
+# `ganime import`'s kinds: export.IMPORT_SOURCES's keys, without importing torch to build the parser.
+IMPORT_KINDS = ["animegan2", "cyclegan", "pix2pix"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ganime", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -308,6 +336,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing package of that name")
     _config_args(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="a generator checkpoint of another project -> model package <store>/models/NAME")
+    p.add_argument("kind", choices=IMPORT_KINDS,
+                   help="animegan2: a bryandlee/animegan2-pytorch state dict (.pt); pix2pix, cyclegan: a "
+                        "junyanz/pytorch-CycleGAN-and-pix2pix generator (latest_net_G.pth, latest_net_G_A.pth)")
+    p.add_argument("file", help="the checkpoint file (local or s3://)")
+    p.add_argument("--name", required=True, help="package name (letters, digits, '.', '_', '-')")
+    p.add_argument("--netG", help="pix2pix/cyclegan: the --netG it was trained with (default unet_256 for pix2pix, "
+                                  "resnet_9blocks for cyclegan; also unet_128, resnet_6blocks)")
+    p.add_argument("--ngf", type=int, help="pix2pix/cyclegan: its --ngf (default: read off the file)")
+    p.add_argument("--norm", choices=["batch", "instance"],
+                   help="pix2pix/cyclegan: its --norm (default batch for pix2pix, instance for cyclegan)")
+    p.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=None,
+                   help="animegan2: the resize the outputs are computed with (default: on, as the port's released "
+                        "weights)")
+    p.add_argument("--native-size", type=int,
+                   help="the size the weights were trained at (default 512 for animegan2, else the --netG's 256/128)")
+    p.add_argument("--onnx", action="store_true", help="also write an ONNX graph (needs the 'export' extra)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing package of that name")
+    _config_args(p)
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("serve", help="the HTTP API and page over a store's model packages, on a local Ray")
     p.add_argument("--host", help="address to bind (default serve.host, 127.0.0.1)")

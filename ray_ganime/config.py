@@ -42,8 +42,9 @@ class DataConfig(Section):
     crop_size: int = Field(256, ge=8)  # ... then random crop_size crop (train) / resize to crop_size (eval)
     flip: bool = True
     interpolation: Literal["bilinear", "bicubic", "area"] = "bicubic"
-    # Derived views per image column, e.g. {color: [gray, smooth_gray]} for AnimeGAN or {sketch: [lineart]}
-    # for CycleGANime; each becomes a batch entry named "<column>_<view>".
+    # Derived views per image column, e.g. {sketch: [lineart]} for CycleGANime; each becomes a batch entry
+    # named "<column>_<view>". An unpaired set's views are of both domains ({image: [...]}) or of one
+    # ({B: [gray, smooth_gray]}: AnimeGAN's anime side, with no edge smoothing spent on the photos).
     views: dict[str, list[View]] = Field(default_factory=dict)
     lineart_target: float = Field(200.0, gt=0, lt=255)
     batch_size: int = Field(32, ge=1)
@@ -81,6 +82,10 @@ class OptimConfig(Section):
     decay_epochs: int = Field(0, ge=0)
     step_epochs: list[int] = Field(default_factory=list)
     step_gamma: float = Field(0.1, gt=0)
+    # AnimeGAN / CartoonGAN: the first init_epochs epochs train the generator on its content loss alone, with
+    # an Adam of its own at lr_init; adversarial training (lr_g, lr_d) follows. 0: no init phase.
+    init_epochs: int = Field(0, ge=0)
+    lr_init: float = Field(2e-4, gt=0)
 
     @model_validator(mode="after")
     def _step_needs_epochs(self) -> "OptimConfig":

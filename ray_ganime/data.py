@@ -173,10 +173,11 @@ class ShardData:
         self.manifest = shards.read_manifest(self.uri, options)
         self.kind = self.manifest["kind"]
         self.columns = TASK_COLUMNS[self.kind]
-        unknown = set(data.views) - set(self.columns)
+        keys = [*self.columns, *(shards.DOMAINS if self.kind == "unpaired" else ())]
+        unknown = set(data.views) - set(keys)
         if unknown:
             raise ValueError(f"data.views names columns {sorted(unknown)} that a {self.kind} data set lacks "
-                             f"(it has {list(self.columns)})")
+                             f"(it has {keys})")
         self._counter = None
 
     @classmethod
@@ -203,9 +204,21 @@ class ShardData:
             if base not in self.columns:
                 raise ValueError(f"{name!r}: a {self.kind} data set has columns {list(self.columns)}")
             domain, column = None, base
-        if view and view not in self.cfg.views.get(column, ()):
-            raise ValueError(f"{name!r} needs data.views {{{column}: [{view}]}}")
+        if view and view not in self.views(domain).get(column, ()):
+            raise ValueError(f"{name!r} needs data.views {{{domain or column}: [{view}]}}")
         return domain, f"{column}_{view}" if view else column
+
+    def views(self, domain: str | None = None) -> dict[str, list[str]]:
+        """column -> the views its decode stage derives, for one domain of an unpaired set (``data.views``
+        of the column, then of the domain)."""
+        views = {c: list(self.cfg.views.get(c, ())) for c in self.columns}
+        for v in self.cfg.views.get(domain, ()) if domain else ():
+            if v not in views["image"]:
+                views["image"].append(v)
+        return {c: vs for c, vs in views.items() if vs}
+
+    def decode_stage(self, size: int, domain: str | None = None) -> DecodeStage:
+        return DecodeStage(self.columns, size, self.cfg.interpolation, self.views(domain), self.cfg.lineart_target)
 
     def decoded(self, split: str, names: list[str], n: int) -> dict[str, np.ndarray]:
         """The first ``n`` examples of a split for each batch name, decoded at crop_size without jitter, with
@@ -214,9 +227,8 @@ class ShardData:
         for name in names:
             domain, column = self.locate(name)
             by_domain.setdefault(domain, []).append((name, column))
-        stage = DecodeStage(self.columns, self.cfg.crop_size, self.cfg.interpolation, dict(self.cfg.views),
-                            self.cfg.lineart_target)
         for domain, wanted in by_domain.items():
+            stage = self.decode_stage(self.cfg.crop_size, domain)
             rows = shards.read_rows(self.uri, split=split, limit=n, options=self.options, domain=domain)
             decoded = stage({c: np.array([r[c] for r in rows], dtype=object) for c in ("id", *self.columns)})
             out.update({name: decoded[column] for name, column in wanted})
@@ -258,8 +270,7 @@ class ShardData:
                                    shuffle=shuffle, num_cpus=self.cfg.task_cpus)
         # Small shard sets arrive as one block; smaller blocks let the decode stage use every core.
         ds = ds.repartition(target_num_rows_per_block=self.cfg.map_batch_size * 4)
-        stage = DecodeStage(self.columns, self.cfg.load_size if train else self.cfg.crop_size,
-                            self.cfg.interpolation, dict(self.cfg.views), self.cfg.lineart_target)
+        stage = self.decode_stage(self.cfg.load_size if train else self.cfg.crop_size, domain)
         ds = ds.map_batches(stage, batch_size=self.cfg.map_batch_size, batch_format="numpy",
                             fn_kwargs={"counter": self.skip_counter()}, num_cpus=self.cfg.task_cpus)
         ds.context.execution_options.preserve_order = self.cfg.deterministic

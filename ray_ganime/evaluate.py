@@ -286,6 +286,12 @@ def _notes(result: dict, prefix: str = "") -> list[str]:
         lines.append(f"FID from fewer than {metrics.RECOMMENDED_MIN_SAMPLES} images: unstable, biased upwards.")
     if result.get("fid_warning"):
         lines.append(f"**{result['fid_warning']}**")
+    for net, ident in (result.get("pretrained") or {}).items():  # the frozen networks of the training losses
+        lines.append(f"Trained with {net} weights {ident['name']}"
+                     + (f" (sha256 {ident['sha256'][:12]})" if ident.get("sha256") else "") + ".")
+        if ident.get("random_init"):
+            lines.append(f"**Its {net} was randomly initialised: the perceptual losses it trained with used random "
+                         f"features, not those of the published recipe.**")
     return lines
 
 
@@ -383,7 +389,8 @@ def evaluate_checkpoint(model_uri: str, cfg, data_uri: str | None = None,
                                     fid_weights=cfg.eval.fid_weights, max_images=cfg.eval.max_images,
                                     batch_size=cfg.eval.batch_size)
         name = recipe.display_name() + (f" {direction}" if direction else "")
-        results[direction] = {**result, "model": name}
+        pretrained = {"pretrained": meta["pretrained"]} if meta.get("pretrained") else {}
+        results[direction] = {**result, "model": name, **pretrained}
     files = write_reports(results, out_uri or model_uri.rstrip("/") + "_eval",
                           extra={"checkpoint": model_uri, "epoch": meta["epoch"]}, options=options)
     return results, files

@@ -41,9 +41,10 @@ from torch import nn
 from ray_ganime import __version__, checkpoints, storage, transforms
 from ray_ganime.nets import PadToMultiple, build_generator, count_parameters
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "IMAGE_TO_IMAGE", "NOISE", "Listing", "Manifest", "PackageError", "check_manifest",
-           "export_package", "export_packages", "find_evaluation", "list_packages", "load_package", "package_meta",
-           "package_name", "package_uri", "scan_packages", "write_package"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "IMAGE_TO_IMAGE", "NOISE", "Listing", "Manifest", "PackageError",
+           "check_manifest", "export_package", "export_packages", "find_evaluation", "import_animegan2", "import_junyanz",
+           "list_packages", "load_package", "package_meta", "package_name", "package_uri", "scan_packages",
+           "write_package"]
 
 FORMAT = "ray-ganime-model"
 # Package kinds: what a generator consumes. Image-to-image generators take an image of any size (padded to
@@ -53,7 +54,10 @@ FORMAT_VERSION = 1
 MANIFEST = "model.json"
 WEIGHTS = "generator.safetensors"
 ONNX_FILE = "generator.onnx"
-ONNX_TOLERANCE = 1e-4  # max |onnxruntime - torch| accepted when an export is verified
+# Max |onnxruntime - torch| accepted when an export is verified: an eighth of an 8-bit level (2/255 in [-1, 1]),
+# so the graph never changes a served pixel by more than rounding. GroupNorm over a whole image (AnimeGANv2)
+# accumulates in another order in onnxruntime and differs by ~2e-4.
+ONNX_TOLERANCE = 1e-3
 ONNX_INPUT, ONNX_OUTPUT = "image", "output"
 ONNX_DYNAMIC_AXES = {"0": "batch", "2": "height", "3": "width"}
 
@@ -265,7 +269,8 @@ class _Checkpoint(NamedTuple):
         recipe = checkpoints.recipe_of(state)
         training = {"epoch": meta.get("epoch", state.get("epoch")),
                     "global_step": meta.get("global_step", state.get("global_step")),
-                    "config": recipe.cfg.model_dump(mode="json")}
+                    "config": recipe.cfg.model_dump(mode="json"),
+                    **({"pretrained": meta["pretrained"]} if meta.get("pretrained") else {})}
         return cls(uri, meta, recipe, training)
 
     def export(self, direction: str, name: str, store_uri: str, options: storage.StoreOptions | None,
@@ -355,6 +360,152 @@ def write_package(net: nn.Module, spec: dict, name: str, store_uri: str, *, reci
         storage.write_bytes(storage.join(uri, ONNX_FILE), onnx_data, options)
     storage.write_json(storage.join(uri, MANIFEST), record, options)  # last: now the package exists
     return uri
+
+
+# ------------------------------------------------------------------------------------------------ import
+
+
+# Checkpoint formats `ganime import` reads: the code that wrote them.
+IMPORT_SOURCES = {"animegan2": "bryandlee/animegan2-pytorch", "pix2pix": "junyanz/pytorch-CycleGAN-and-pix2pix",
+                  "cyclegan": "junyanz/pytorch-CycleGAN-and-pix2pix"}
+# junyanz's --netG choices: our class, its arguments, the crop size its training used.
+JUNYANZ_NETS = {"unet_256": ("UNetGenerator", {"num_downs": 8}, 256),
+                "unet_128": ("UNetGenerator", {"num_downs": 7}, 128),
+                "resnet_9blocks": ("ResNetGenerator", {"n_blocks": 9}, 256),
+                "resnet_6blocks": ("ResNetGenerator", {"n_blocks": 6}, 256)}
+# What train.py of that code base uses when --netG / --norm are not given.
+JUNYANZ_DEFAULTS = {"pix2pix": ("unet_256", "batch"), "cyclegan": ("resnet_9blocks", "instance")}
+
+
+def _read_checkpoint(path_or_uri: str, options: storage.StoreOptions | None) -> tuple[str, bytes, dict]:
+    """(source URI, file bytes, state dict) of a checkpoint read with ``weights_only=True`` (no code runs);
+    a PackageError unless it is a mapping of names to tensors."""
+    import io
+
+    source = storage.join(path_or_uri)
+    data = storage.read_bytes(source, options)
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated file, another format, or pickled objects weights_only refuses
+        raise PackageError(f"{source}: not a PyTorch checkpoint that loads with weights_only=True "
+                           f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    if not isinstance(state, dict):
+        raise PackageError(f"{source}: not a state dict (a mapping of names to tensors) but a {type(state).__name__}")
+    odd = [f"{k!r} ({type(v).__name__})" for k, v in state.items() if not (isinstance(k, str) and
+                                                                          isinstance(v, torch.Tensor))]
+    if odd:
+        raise PackageError(f"{source}: not a state dict: entries that are not tensors: {', '.join(odd[:5])}")
+    return source, data, state
+
+
+def _checked_state_dict(state: dict, net: nn.Module, source: str) -> dict[str, torch.Tensor]:
+    """``state`` if it is exactly ``net``'s state dict (names and shapes), else a PackageError naming what is
+    missing, unexpected or mis-shaped."""
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
+                 if k in state and state[k].shape != v.shape]
+    problems = [f"{what} {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}" for what, keys in
+                (("missing keys:", missing), ("unexpected keys:", unexpected), ("mis-shaped:", misshaped)) if keys]
+    if problems:
+        raise PackageError(f"{source}: not the state dict of {type(net).__name__}: {'; '.join(problems)}")
+    return state
+
+
+def _write_imported(net: nn.Module, spec: dict, name: str, store_uri: str, kind: str, source: str, data: bytes,
+                    options: storage.StoreOptions | None, onnx: bool, overwrite: bool) -> str:
+    from ray_ganime.recipes.base import image_side
+
+    channels = spec.pop("channels")
+    spec.update(kind=IMAGE_TO_IMAGE, direction="", input=image_side("A", channels[0]),
+                output=image_side("B", channels[1]), size_multiple=net.size_multiple)
+    training = {"imported_from": source, "source_format": IMPORT_SOURCES[kind], "source_sha256": _sha256(data)}
+    recipe = "animeganv2" if kind == "animegan2" else kind  # the recipe that trains this kind of package here
+    return write_package(net.eval(), spec, name, store_uri, recipe=recipe, training=training, source=source,
+                         options=options, onnx=onnx, overwrite=overwrite)
+
+
+def _check_native_size(native_size: int, multiple: int) -> None:
+    if not 1 <= native_size <= MAX_SIDE or native_size % multiple:
+        raise PackageError(f"native_size must be a multiple of {multiple} in 1..{MAX_SIDE}, got {native_size}")
+
+
+def import_animegan2(path_or_uri: str, name: str, store_uri: str, options: storage.StoreOptions | None = None,
+                     overwrite: bool = False, align_corners: bool = True, native_size: int = 512,
+                     onnx: bool = False) -> str:
+    """Writes a bryandlee/animegan2-pytorch generator checkpoint (``face_paint_512_v2.pt``, ``paprika.pt``, ...:
+    a state dict saved with ``torch.save``; local path or s3://) as model package ``name``; returns its URI.
+
+    The file must hold exactly the 77 tensors of ``nets.AnimeGANv2Generator``; anything else is a PackageError
+    that names the missing, unexpected or mis-shaped keys, and nothing is written. ``align_corners``: the resize
+    the outputs are computed with (the port's released weights were made with True); ``native_size``: the size
+    the package says it was trained at (512 for the face_paint weights)."""
+    from ray_ganime.nets import AnimeGANv2Generator
+
+    uri = package_uri(store_uri, name)  # a bad name fails before anything is read
+    net = AnimeGANv2Generator(align_corners=align_corners)
+    _check_native_size(native_size, net.size_multiple)
+    if onnx:
+        _require_onnx()
+    _refuse_existing(uri, overwrite, options)
+    source, data, state = _read_checkpoint(path_or_uri, options)
+    net.load_state_dict(_checked_state_dict(state, net, source), strict=True)
+    spec = {"class": "AnimeGANv2Generator", "args": {"align_corners": bool(align_corners)},
+            "native_size": native_size, "channels": (3, 3)}
+    return _write_imported(net, spec, name, store_uri, "animegan2", source, data, options, onnx, overwrite)
+
+
+def import_junyanz(kind: str, path_or_uri: str, name: str, store_uri: str,
+                   options: storage.StoreOptions | None = None, *, netG: str | None = None, ngf: int | None = None,
+                   norm: str | None = None, native_size: int | None = None, overwrite: bool = False,
+                   onnx: bool = False) -> str:
+    """Writes a junyanz/pytorch-CycleGAN-and-pix2pix generator (``latest_net_G.pth``, ``latest_net_G_A.pth``: the
+    state dict of its ``UnetGenerator`` / ``ResnetGenerator``) as package ``name`` of our ``UNetGenerator`` /
+    ``ResNetGenerator``, whose canonical key maps rename every tensor; returns its URI.
+
+    ``kind`` ("pix2pix" or "cyclegan") sets the defaults of that code's train.py (``unet_256`` + batch norm,
+    ``resnet_9blocks`` + instance norm). Channels, ``ngf`` (unless given) and ResNet dropout layers are read off
+    the file; a ``module.`` prefix (DataParallel) is dropped. A file of another ``netG`` or norm is a PackageError
+    naming the first keys that do not match; nothing is written."""
+    from ray_ganime.nets import build_generator
+
+    if kind not in JUNYANZ_DEFAULTS:
+        raise PackageError(f"unknown junyanz model kind {kind!r} (expected one of {sorted(JUNYANZ_DEFAULTS)})")
+    netG, norm = netG or JUNYANZ_DEFAULTS[kind][0], norm or JUNYANZ_DEFAULTS[kind][1]
+    if netG not in JUNYANZ_NETS:
+        raise PackageError(f"unknown --netG {netG!r} (expected one of {', '.join(JUNYANZ_NETS)})")
+    cls, args, trained_at = JUNYANZ_NETS[netG]
+    uri = package_uri(store_uri, name)
+    if onnx:
+        _require_onnx()
+    _refuse_existing(uri, overwrite, options)
+    source, data, state = _read_checkpoint(path_or_uri, options)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    unet = cls == "UNetGenerator"
+    first = "model.model.0.weight" if unet else "model.1.weight"
+    if first not in state or state[first].dim() != 4:
+        raise PackageError(f"{source}: not a {netG} state dict: no {first} (is it another --netG?)")
+    width, in_channels = state[first].shape[:2]
+    args = {"in_channels": int(in_channels), "out_channels": 3, "ngf": ngf or int(width), **args, "norm": norm,
+            # ResNet blocks with dropout shift their second conv from conv_block.5 to .6 (a norm's 1-D weight without)
+            "dropout": 0.5 if unet or any(k.endswith("conv_block.6.weight") and v.dim() == 4
+                                          for k, v in state.items()) else 0.0}
+    net = build_generator(cls, args)
+    out_key = "model.model.3.weight" if unet else net.canonical_key_map()["model.out.conv.weight"]
+    if out_key in state and state[out_key].dim() == 4:  # the output convolution's (ConvTranspose: in, out, ...)
+        args["out_channels"] = int(state[out_key].shape[1 if unet else 0])
+        net = build_generator(cls, args)
+    try:
+        net.load_canonical_state_dict(state)
+    except ValueError as e:
+        raise PackageError(f"{source}: {e} (a --netG {netG}, --norm {norm} file was expected)") from None
+    native_size = native_size or max(trained_at, net.size_multiple)
+    _check_native_size(native_size, net.size_multiple)
+    spec = {"class": cls, "args": args, "native_size": native_size,
+            "channels": (args["in_channels"], args["out_channels"])}
+    return _write_imported(net, spec, name, store_uri, kind, source, data, options, onnx, overwrite)
 
 
 # ------------------------------------------------------------------------------------ the manifest's schema

@@ -74,7 +74,8 @@ def save_checkpoint(folder: Path, recipe, cfg: Config, epoch: int, global_step: 
     checkpoints.write(folder, {"recipe": recipe.state_dict(), "epoch": epoch, "global_step": global_step,
                                "rng": ranks[0]["rng"], "ranks": ranks, "config": cfg.model_dump(mode="json")},
                       {"recipe": cfg.recipe, "epoch": epoch, "global_step": global_step, "metrics": metrics,
-                       "config": cfg.model_dump(mode="json")})
+                       "config": cfg.model_dump(mode="json"),
+                       **({"pretrained": recipe.pretrained} if recipe.pretrained else {})})
 
 
 def rank_state(recipe) -> dict:
@@ -168,7 +169,7 @@ class Validator:
     def __init__(self, data: ShardData, cfg: Config, recipe, device: torch.device):
         self.split = "val" if data.count("val") else data.held_out_split(cfg.eval.split)
         self.directions = recipe.directions()
-        self.images = data.decoded(self.split, recipe.batch_names(), cfg.eval.val_images)
+        self.images = data.decoded(self.split, recipe.direction_names(), cfg.eval.val_images)
         for name, pixels in self.images.items():
             if len(pixels) < 2:
                 raise ValueError(f"{data.uri}: {len(pixels)} validation example(s) of {name!r} in split "
@@ -191,16 +192,8 @@ class Validator:
         inputs, fakes = {}, {}
         for key, d in self.directions.items():
             suffix = f"_{key}" if key else ""
-            G = self.recipe.generator(key)
-            was_training = G.training
-            G.eval()
             x = transforms.to_tensor(self.images[d.source]).to(self.device)
-            batches = []
-            for start in range(0, len(x), self.batch_size):
-                with self.recipe.autocast():
-                    batches.append(G(x[start:start + self.batch_size]).float())
-            G.train(was_training)
-            inputs[key], fakes[key] = x, torch.cat(batches)
+            inputs[key], fakes[key] = x, self.recipe.run_generator(d.net, x, self.batch_size)
             fake = transforms.to_uint8(fakes[key])
             if d.paired:
                 y = transforms.to_tensor(self.images[d.target]).to(self.device)
@@ -361,7 +354,9 @@ def train_loop(loop_config: dict) -> None:
         *loss_sums, images_total = totals.tolist()
         metrics = {"epoch": epoch + 1, "global_step": step, "epoch_time_s": seconds,
                    "images_per_s": images_total / seconds, **lrs,
-                   **{k: s / (n_steps * world) for k, s in zip(sorted(sums), loss_sums)}}
+                   **{k: s / (n_steps * world) for k, s in zip(sorted(sums), loss_sums)},
+                   # which weights the losses' frozen networks have, e.g. vgg_weights: "RANDOM-INIT VGG19 (...)"
+                   **{f"{k}_weights": ident["name"] for k, ident in recipe.pretrained.items()}}
         if validate is not None:
             metrics.update(validate())
 

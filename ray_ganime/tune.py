@@ -96,9 +96,7 @@ def check_space(base: dict, space: dict[str, dict]) -> Config:
     first = None
     for combo in combos:
         cfg = from_tree(apply_params(base, dict(zip(space, combo))))
-        recipe = recipe_class(cfg.recipe)
-        recipe.validate(recipe.ModelOptions, cfg.model, "model")
-        recipe.validate(recipe.LossOptions, cfg.loss, "loss")
+        recipe_class(cfg.recipe).options(cfg)
         first = first or cfg
     return first
 

@@ -105,6 +105,7 @@ def test_total_variation_of_ramp():
     image = (a * w + b * h).expand(2, 3, 5, 7)
     assert total_variation(image, "l1").item() == pytest.approx(abs(a) + abs(b), rel=1e-6)
     assert total_variation(image, "l2").item() == pytest.approx(math.sqrt(a * a + b * b), rel=1e-6)
+    assert total_variation(image, "squared").item() == pytest.approx(0.5 * (a * a + b * b), rel=1e-6)
 
 
 def test_total_variation_of_checkerboard():
@@ -123,7 +124,7 @@ def test_total_variation_grids():
     assert total_variation(image, "l2").item() == pytest.approx(0.5 * math.sqrt(1 + 1e-8) + 0.5 * 1e-4, rel=1e-6)
 
 
-@pytest.mark.parametrize("norm", ["l1", "l2"])
+@pytest.mark.parametrize("norm", ["l1", "l2", "squared"])
 def test_total_variation_gradient(norm):
     torch.manual_seed(0)
     image = torch.rand(2, 3, 16, 16, requires_grad=True)
@@ -153,5 +154,105 @@ def test_total_variation_rejects_bad_arguments():
         total_variation(torch.rand(1, 1, 1, 4))
 
 
+@pytest.mark.parametrize("mode", ["vanilla", "lsgan", "hinge"])
+def test_discriminator_terms_add_up_to_its_loss(mode):
+    """AnimeGAN's and CartoonGAN's discriminators weigh real and several kinds of fake term themselves."""
+    loss = AdversarialLoss(mode)
+    real, fake = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    assert torch.equal(loss.discriminator(real, fake), loss.real(real) + loss.fake(fake))
+    assert loss.real(torch.full((1, 4), 5.0)) < loss.fake(torch.full((1, 4), 5.0))  # confident "real" logits
+
+
 def test_l1_loss_is_torch_l1_loss():
     assert losses.l1_loss is F.l1_loss
+
+
+# ---------------------------------------------------------------------------- AnimeGAN gram / colour / content
+
+
+def test_gram_matrix_of_known_tensor():
+    # C=2, H=1, W=2: rows (1, 2) and (3, 4); Gram = [[1+4, 3+8], [3+8, 9+16]] / (C*H*W = 4).
+    features = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])
+    gram = losses.gram_matrix(features)
+    assert gram.shape == (1, 2, 2) and gram.dtype == torch.float32
+    assert torch.equal(gram, torch.tensor([[[5.0, 11.0], [11.0, 25.0]]]) / 4)
+    # Batched and non-square maps: (N, C, H, W) -> (N, C, C), symmetric.
+    g = losses.gram_matrix(torch.rand(3, 5, 4, 6))
+    assert g.shape == (3, 5, 5)
+    torch.testing.assert_close(g, g.transpose(1, 2))
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        losses.gram_matrix(torch.rand(5, 4, 6))
+
+
+def test_gram_loss_by_hand():
+    a = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]]])
+    b = torch.zeros_like(a)
+    # mean |G(a) - 0| = (5 + 11 + 11 + 25) / 4 / 4
+    assert losses.gram_loss(a, b).item() == pytest.approx(52 / 16, rel=1e-6)
+    assert losses.gram_loss(a, a).item() == 0.0
+
+
+@pytest.mark.parametrize(("rgb", "yuv"), [
+    ((1.0, 1.0, 1.0), (1.0, 0.0, 0.0)),  # white: full luma, (nearly) no chroma
+    ((-1.0, -1.0, -1.0), (0.0, 0.0, 0.0)),  # black
+    ((1.0, -1.0, -1.0), (0.299, -0.14714, 0.61498)),  # pure red: the first column of the matrix
+])
+def test_rgb_to_yuv_of_pure_colours(rgb, yuv):
+    image = torch.tensor(rgb).view(1, 3, 1, 1).expand(2, 3, 4, 5)
+    out = losses.rgb_to_yuv(image)
+    assert out.shape == (2, 3, 4, 5) and out.dtype == torch.float32
+    expected = torch.tensor(yuv).view(1, 3, 1, 1).expand(2, 3, 4, 5)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+def test_color_loss_zero_for_equal_positive_otherwise():
+    torch.manual_seed(0)
+    a = torch.rand(2, 3, 8, 8) * 2 - 1
+    assert losses.color_loss(a, a).item() == 0.0
+    assert losses.color_loss(a, a.flip(-1)).item() > 0
+    loss = losses.color_loss(a, -a)
+    assert loss.dim() == 0 and loss.item() > 0
+
+
+def test_color_loss_is_l1_on_y_huber_on_u_v():
+    # Grey images differ only in Y (U and V of a grey are ~0): the loss is L1 on Y.
+    grey = torch.full((1, 3, 2, 2), -1.0)
+    lighter = torch.full((1, 3, 2, 2), 0.0)  # [0, 1] value 0.5: dY = 0.5
+    assert losses.color_loss(lighter, grey).item() == pytest.approx(0.5, abs=1e-4)
+
+    # Pure red vs black: dY = .299 (L1), dU = -.14714, dV = .61498 (both below delta 1: quadratic, 0.5 d**2).
+    red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    expected = 0.299 + 0.5 * 0.14714**2 + 0.5 * 0.61498**2
+    assert losses.color_loss(red, grey).item() == pytest.approx(expected, rel=1e-4)
+
+    # Red vs cyan: dV = 1.22996, past delta 1, so Huber is linear there (|d| - 0.5), unlike L1 or 0.5 d**2.
+    cyan = torch.tensor([-1.0, 1.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    yuv_red, yuv_cyan = (losses.rgb_to_yuv(x)[0, :, 0, 0] for x in (red, cyan))
+    dy, du, dv = (yuv_red - yuv_cyan).abs().tolist()
+    assert dv > 1 > du
+    expected = dy + 0.5 * du**2 + (dv - 0.5)
+    assert losses.color_loss(red, cyan).item() == pytest.approx(expected, rel=1e-5)
+    assert losses.color_loss(red, cyan).item() != pytest.approx(dy + du + dv, rel=1e-3)
+
+
+def test_content_loss_is_mean_l1():
+    a = torch.tensor([[1.0, -2.0], [0.5, 4.0]])
+    b = torch.tensor([[0.0, 0.0], [0.5, 1.0]])
+    assert losses.content_loss(a, b).item() == pytest.approx((1 + 2 + 0 + 3) / 4, rel=1e-6)
+
+
+def test_animegan_losses_are_float32_for_bf16_inputs():
+    torch.manual_seed(0)
+    images = (torch.rand(2, 3, 8, 8) * 2 - 1).bfloat16()
+    other = images.flip(-1)
+    feats = torch.rand(2, 4, 5, 5).bfloat16()
+    feats2 = torch.rand(2, 4, 5, 5).bfloat16()
+    for value, reference in [
+        (losses.color_loss(images, other), losses.color_loss(images.float(), other.float())),
+        (losses.content_loss(feats, feats2), losses.content_loss(feats.float(), feats2.float())),
+        (losses.gram_loss(feats, feats2), losses.gram_loss(feats.float(), feats2.float())),
+    ]:
+        assert value.dtype == torch.float32
+        assert value.item() == reference.item()
+    assert losses.gram_matrix(feats).dtype == torch.float32
+    assert losses.rgb_to_yuv(images).dtype == torch.float32

@@ -6,6 +6,7 @@ meta device, and behaviour is checked on narrow (ngf/ndf = 8) nets at 64 px, whi
 
 from __future__ import annotations
 
+import junyanz
 import pytest
 import torch
 from torch import nn
@@ -359,53 +360,9 @@ def test_resnet_generator_dropout_and_arguments():
         ResNetGenerator(ngf=8, n_blocks=1, norm="group")
 
 
-class _CanonicalResnetBlock(nn.Module):
-    def __init__(self, conv_block: nn.Sequential) -> None:
-        super().__init__()
-        self.conv_block = conv_block
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv_block(x)
-
-
-def _canonical_resnet(input_nc, output_nc, ngf, norm_layer, use_dropout, n_blocks, n_downsampling=2):
-    """junyanz/pytorch-CycleGAN-and-pix2pix ``ResnetGenerator`` (reflect padding), transcribed: one flat
-    ``model`` Sequential of ``ResnetBlock``s whose ``conv_block`` is a Sequential."""
-    use_bias = norm_layer is nn.InstanceNorm2d
-
-    def block(dim):
-        layers = [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=use_bias), norm_layer(dim), nn.ReLU(True)]
-        if use_dropout:
-            layers.append(nn.Dropout(0.5))
-        layers += [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=use_bias), norm_layer(dim)]
-        return _CanonicalResnetBlock(nn.Sequential(*layers))
-
-    model = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7, bias=use_bias), norm_layer(ngf), nn.ReLU(True)]
-    for i in range(n_downsampling):
-        mult = 2**i
-        model += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=use_bias),
-                  norm_layer(ngf * mult * 2), nn.ReLU(True)]
-    model += [block(ngf * 2**n_downsampling) for _ in range(n_blocks)]
-    for i in range(n_downsampling):
-        mult = 2 ** (n_downsampling - i)
-        model += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1,
-                                     bias=use_bias), norm_layer(ngf * mult // 2), nn.ReLU(True)]
-    model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Tanh()]
-    net = nn.Module()
-    net.model = nn.Sequential(*model)
-    return net
-
-
 @pytest.mark.parametrize(("norm", "dropout"), [("instance", 0.0), ("batch", 0.5)])
 def test_resnet_generator_loads_canonical_weights_and_matches_canonical(norm, dropout):
-    norm_layer = {"instance": nn.InstanceNorm2d, "batch": nn.BatchNorm2d}[norm]
-    torch.manual_seed(0)
-    canonical = _canonical_resnet(3, 3, 8, norm_layer, bool(dropout), n_blocks=3)
-    for p in canonical.parameters():  # non-trivial values everywhere, biases and norm affines included
-        nn.init.normal_(p, 0.0, 0.2)
-    for name, b in canonical.named_buffers():  # batch-norm running statistics, used in eval mode
-        if name.endswith("running_mean") or name.endswith("running_var"):
-            b.copy_(torch.rand(b.shape) + 0.5)
+    canonical = junyanz.randomised(junyanz.ResnetGenerator(3, 3, 8, junyanz.norm_layer(norm), bool(dropout), 3))
     canonical_sd = canonical.state_dict()
     net = ResNetGenerator(ngf=8, n_blocks=3, norm=norm, dropout=dropout)
     assert count_parameters(net) == count_parameters(canonical)
@@ -414,9 +371,27 @@ def test_resnet_generator_loads_canonical_weights_and_matches_canonical(norm, dr
     x = torch.randn(2, 3, 16, 20)
     canonical.eval(), net.eval()  # dropout off; batch norm on the loaded running statistics
     with torch.no_grad():
-        assert torch.equal(net(x), canonical.model(x))
+        assert torch.equal(net(x), canonical(x))
     with pytest.raises(ValueError, match="missing"):
         net.load_canonical_state_dict({k: v for k, v in canonical_sd.items() if k != "model.1.weight"})
+
+
+@pytest.mark.parametrize(("norm", "num_downs"), [("batch", 6), ("instance", 5)])
+def test_unet_generator_loads_canonical_weights_and_matches_canonical(norm, num_downs):
+    canonical = junyanz.randomised(junyanz.UnetGenerator(3, 2, num_downs, 8, junyanz.norm_layer(norm), True))
+    canonical_sd = canonical.state_dict()
+    net = UNetGenerator(3, 2, ngf=8, num_downs=num_downs, norm=norm)
+    assert count_parameters(net) == count_parameters(canonical)
+    assert sorted(net.canonical_key_map().values()) == sorted(canonical_sd)
+    net.load_canonical_state_dict(canonical_sd)
+    x = torch.randn(2, 3, 2**num_downs, 2 * 2**num_downs)
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net(x), canonical(x))
+    with pytest.raises(ValueError, match=r"missing \['model.model.0.weight'\]"):
+        net.load_canonical_state_dict({k: v for k, v in canonical_sd.items() if k != "model.model.0.weight"})
+    with pytest.raises(ValueError, match="model.model.3.weight has shape"):
+        net.load_canonical_state_dict({**canonical_sd, "model.model.3.weight": torch.zeros(16, 3, 4, 4)})
 
 
 def test_resnet_generator_every_parameter_gets_a_gradient():

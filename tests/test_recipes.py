@@ -27,11 +27,17 @@ from ray_ganime.recipes import RECIPES, Direction, Recipe, register
 
 SIZE = 32
 # Only to make nets tiny (and CycleGAN's image pools small enough to fill and swap within 3 steps of 2 images).
+# An init phase of one epoch (AnimeGAN, CartoonGAN), so that the tests step through both phases.
+PHOTO2CARTOON = ["model.ndf=8", "optim.init_epochs=1", "loss.vgg_weights=random"]
 TINY = {"pix2pix": ["model.ngf=8", "model.ndf=8"],
-        "cyclegan": ["model.ngf=8", "model.ndf=8", "model.n_blocks=2", "loss.pool_size=2"]}
+        "cyclegan": ["model.ngf=8", "model.ndf=8", "model.n_blocks=2", "loss.pool_size=2"],
+        "cartoongan": [*PHOTO2CARTOON, "model.ngf=8", "model.n_blocks=1"],
+        "animegan": PHOTO2CARTOON, "animeganv2": PHOTO2CARTOON}
 # Trainable parameters at the default 256 px config, as junyanz/pytorch-CycleGAN-and-pix2pix prints them.
 CANONICAL_SIZES = {"pix2pix": {"G": 54_413_955, "D": 2_768_705},
-                   "cyclegan": {"G_A": 11_378_179, "G_B": 11_378_179, "D_A": 2_764_737, "D_B": 2_764_737}}
+                   "cyclegan": {"G_A": 11_378_179, "G_B": 11_378_179, "D_A": 2_764_737, "D_B": 2_764_737},
+                   # G: the released AnimeGANv2 generator (animegan2-pytorch); D: the TF code's D_net(ch 64, n_dis 3)
+                   "animeganv2": {"G": 2_143_552, "D": 1_128_800}}
 # The data set kind of ray_ganime.demo.ensure_synthetic for a recipe's task.
 SYNTH_KIND = {"paired": "paired", "unpaired": "unpaired", "folder": "faces"}
 
@@ -56,6 +62,12 @@ def make_cfg(name: str, *overrides: str):
 def build(name: str, *overrides: str, seed: int = 0) -> Recipe:
     torch.manual_seed(seed)
     return RECIPES[name](make_cfg(name, *overrides), "cpu")
+
+
+def phases(recipe: Recipe) -> list[int]:
+    """An epoch of each training phase: the init phase's first and the one after it, or epoch 0."""
+    init = recipe.cfg.optim.init_epochs
+    return [0, init] if init else [0]
 
 
 def optimised_nets(recipe: Recipe) -> list[str]:
@@ -108,12 +120,14 @@ def test_network_sizes_on_the_meta_device(name):
 def test_one_train_step_updates_every_optimised_net(name):
     recipe = build(name)
     before = snapshot(recipe)
-    losses = recipe.train_step(recipe.example_batch(2))
-    assert losses
-    for k, v in losses.items():
-        assert isinstance(v, torch.Tensor) and v.ndim == 0, (k, v)
-        assert not v.requires_grad and v.grad_fn is None, f"{k} is not detached"
-        assert torch.isfinite(v), (k, v)
+    for epoch in phases(recipe):  # a step of each phase (an init phase trains G alone)
+        recipe.epoch = epoch
+        losses = recipe.train_step(recipe.example_batch(2))
+        assert losses
+        for k, v in losses.items():
+            assert isinstance(v, torch.Tensor) and v.ndim == 0, (k, v)
+            assert not v.requires_grad and v.grad_fn is None, f"{k} is not detached"
+            assert torch.isfinite(v), (k, v)
     trained = optimised_nets(recipe)
     assert trained, "no network has an optimiser"
     after = snapshot(recipe)
@@ -126,14 +140,18 @@ def test_one_train_step_updates_every_optimised_net(name):
 def test_state_round_trip_gives_bit_identical_next_step(name):
     batch = build(name).example_batch(2, seed=1)
     recipe = build(name)
-    for _ in range(2):
+    # With an init phase: a step inside it, saved, then the step right after it (the G and D optimisers' first).
+    init = recipe.cfg.optim.init_epochs
+    for _ in range(1 if init else 2):
         recipe.train_step(batch)
+    recipe.epoch = init
     saved = saved_and_loaded({"recipe": recipe.state_dict(), "rank": recipe.rank_state()})
 
     # Another torch seed and train.seed: every weight and (pool) generator must come from the saved state.
     fresh = build(name, "train.seed=7", seed=1)
     fresh.load_state_dict(saved["recipe"])
     fresh.load_rank_state(saved["rank"])
+    fresh.epoch = recipe.epoch  # as the engine sets it
     steps = []
     for r in (recipe, fresh):
         torch.manual_seed(123)  # the engine restores torch's RNG (dropout) itself: train.rank_state
@@ -145,6 +163,7 @@ def test_state_round_trip_gives_bit_identical_next_step(name):
     if saved["rank"]:  # per-rank state (image pools) matters: without it the next step differs
         without = build(name, "train.seed=7", seed=1)
         without.load_state_dict(saved["recipe"])
+        without.epoch = recipe.epoch
         torch.manual_seed(123)
         other = without.train_step(batch)
         assert any(not torch.equal(other[k], steps[0][k]) for k in other), "rank_state made no difference"

@@ -24,6 +24,7 @@ from ray_ganime import checkpoints, export, images, storage, tune
 from ray_ganime.cli import main
 from ray_ganime.config import ConfigError, from_tree, load_tree
 from ray_ganime.demo import ensure_synthetic
+from ray_ganime.recipes import recipe_class
 
 DATASET = ("synthetic-paired-48x32", "paired", 48, 32)
 TINY = {
@@ -79,6 +80,20 @@ def test_every_end_of_every_dimension_is_validated_before_a_trial_starts():
     base, space = tune.split_space({"loss": {"tvv": {"choice": [1e-4]}}})  # a typo in a searched key
     with pytest.raises(ConfigError, match="tvv"):
         tune.check_space(base, space)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_is_valid_and_sweeps_report_their_objective(path):
+    """configs/ as users run them: every training config checks, every sweep's every dimension end checks and
+    its objective is a metric the recipe reports (the e2e tests run a few of them for real)."""
+    base, space = tune.split_space(load_tree(path))
+    if not space:
+        cfg = from_tree(base)
+        recipe_class(cfg.recipe).options(cfg)
+        return
+    cfg = tune.check_space(base, space)
+    tune.check_metric(cfg)
+    assert tune.tune_domains(space, cfg.tune.search).keys() == space.keys()
 
 
 def test_search_kinds_that_do_not_fit_the_search_algorithm_are_refused():

@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
-import io
 import os
 import warnings
 from pathlib import Path
@@ -48,6 +47,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.models import inception as tv_inception
+
+from ray_ganime import pretrained
 
 __all__ = [
     "FIDInceptionV3",
@@ -458,37 +459,15 @@ def load_fid_helper_torchscript(path: str | os.PathLike | None = None, verify_sh
     return module, p, digest
 
 
-def _read_bytes(source: str) -> bytes:
-    if "://" in source:
-        import fsspec
-
-        with fsspec.open(source, "rb") as f:
-            return f.read()
-    with open(source, "rb") as f:
-        return f.read()
-
-
 def _load_pytorch_fid_state_dict(source: str) -> tuple[dict[str, torch.Tensor], dict]:
-    data = _read_bytes(source)
-    digest = hashlib.sha256(data).hexdigest()
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping):
-        raise TypeError(f"{source}: expected a state dict (mapping), got {type(state).__name__}")
-    if digest.startswith(PT_FID_WEIGHTS_SHA256_PREFIX):
-        name = "pt_inception-2015-12-05 (pytorch-fid FID weights)"
-    else:
-        name = f"custom:{os.path.basename(source.rstrip('/'))}"
-        warnings.warn(
-            f"FID Inception weights {source} (sha256 {digest[:16]}...) are not pytorch-fid's "
-            f"{PT_FID_WEIGHTS_FILENAME}; FIDs will not be comparable with published numbers.",
-            UserWarning,
-            stacklevel=3,
-        )
-    return dict(state), {"name": name, "sha256": digest, "random_init": False, "source": source}
+    return pretrained.load_state_dict(
+        source, PT_FID_WEIGHTS_SHA256_PREFIX, "pt_inception-2015-12-05 (pytorch-fid FID weights)",
+        f"FID Inception weights that are not pytorch-fid's {PT_FID_WEIGHTS_FILENAME}; "
+        "FIDs will not be comparable with published numbers.")
 
 
 def _hub_weights_path() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / PT_FID_WEIGHTS_FILENAME
+    return pretrained.hub_path(PT_FID_WEIGHTS_FILENAME)
 
 
 def _random_init_model() -> tuple[FIDInceptionV3, dict]:

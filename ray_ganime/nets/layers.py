@@ -6,9 +6,12 @@ Every normalisation layer of the nets is made by :func:`make_norm`, so that one 
 
 from __future__ import annotations
 
+from typing import Mapping
+
+import torch
 from torch import nn
 
-__all__ = ["NORMS", "make_norm", "conv_bias", "init_weights", "count_parameters"]
+__all__ = ["NORMS", "make_norm", "conv_bias", "init_weights", "count_parameters", "load_mapped_state_dict"]
 
 NORMS = ("batch", "instance", "none")
 
@@ -72,3 +75,33 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameter elements (buffers such as running statistics excluded)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+_RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def load_mapped_state_dict(net: nn.Module, mapping: Mapping[str, str], state_dict: Mapping[str, torch.Tensor],
+                           what: str) -> None:
+    """Loads ``state_dict``, whose keys are another code base's names of ``net``'s (``mapping``: ours -> theirs),
+    into ``net``. Instance norms' running statistics (checkpoints of PyTorch < 0.4 hold them; canonical drops
+    them on load too) are ignored, as is a batch norm's missing ``num_batches_tracked`` (PyTorch < 0.4.1).
+    Missing, unexpected or mis-shaped keys raise ``ValueError`` naming the first few, ``what`` the format."""
+    theirs = set(mapping.values())
+    state_dict = {k: v for k, v in state_dict.items()
+                  if k in theirs or k.rpartition(".")[2] not in _RUNNING_STATS}
+    ours = net.state_dict()
+    missing = sorted(t for o, t in mapping.items() if t not in state_dict and not o.endswith("num_batches_tracked"))
+    extra = sorted(set(state_dict) - theirs)
+    if missing or extra:
+        raise ValueError(f"not a {what} state dict: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+                         f"unexpected {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+    converted = dict(ours)
+    for key, their_key in mapping.items():
+        if their_key not in state_dict:
+            continue
+        value = state_dict[their_key]
+        if value.shape != ours[key].shape:
+            raise ValueError(f"not a {what} state dict: {their_key} has shape {tuple(value.shape)}, "
+                             f"expected {tuple(ours[key].shape)}")
+        converted[key] = value
+    net.load_state_dict(converted)

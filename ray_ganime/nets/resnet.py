@@ -27,7 +27,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .layers import conv_bias, init_weights, make_norm
+from .layers import conv_bias, init_weights, load_mapped_state_dict, make_norm
 
 __all__ = ["ResNetGenerator", "ResidualBlock"]
 
@@ -153,21 +153,4 @@ class ResNetGenerator(nn.Module):
     def load_canonical_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Loads a canonical ``ResnetGenerator`` state dict (e.g. a released ``latest_net_G_A.pth``) into this net,
         which must have been built with the same arguments. Missing, extra or mis-shaped keys raise ``ValueError``."""
-        mapping = self.canonical_key_map()
-        if self.norm == "instance":
-            # Checkpoints of PyTorch < 0.4 hold instance-norm running statistics; canonical drops them on load too.
-            state_dict = {k: v for k, v in state_dict.items()
-                          if k.rpartition(".")[2] not in ("running_mean", "running_var", "num_batches_tracked")}
-        missing = sorted(set(mapping.values()) - set(state_dict))
-        extra = sorted(set(state_dict) - set(mapping.values()))
-        if missing or extra:
-            raise ValueError(f"not a canonical ResnetGenerator state dict for {self.extra_repr()}: "
-                             f"missing {missing[:5]}, unexpected {extra[:5]}")
-        ours = self.state_dict()
-        converted = {}
-        for key, theirs in mapping.items():
-            value = state_dict[theirs]
-            if value.shape != ours[key].shape:
-                raise ValueError(f"{theirs}: shape {tuple(value.shape)}, expected {tuple(ours[key].shape)} ({key})")
-            converted[key] = value
-        self.load_state_dict(converted)
+        load_mapped_state_dict(self, self.canonical_key_map(), state_dict, f"ResnetGenerator ({self.extra_repr()})")

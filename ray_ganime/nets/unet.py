@@ -24,11 +24,12 @@ LeakyReLU to the skip too, but the up block's ReLU follows, and ReLU(LeakyReLU(x
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Mapping
 
 import torch
 from torch import nn
 
-from .layers import conv_bias, init_weights, make_norm
+from .layers import conv_bias, init_weights, load_mapped_state_dict, make_norm
 
 __all__ = ["UNetGenerator", "unet_channels"]
 
@@ -126,6 +127,38 @@ class UNetGenerator(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_downs={self.num_downs}, norm={self.norm!r}"
+
+    # ------------------------------------------------------------------------ canonical weights
+
+    def canonical_key_map(self) -> dict[str, str]:
+        """Our state-dict key -> canonical ``UnetGenerator``'s, for every key we have.
+
+        Canonical nests one ``UnetSkipConnectionBlock`` per level, each a ``model`` Sequential: the outermost
+        ``[downconv, submodule, uprelu, upconv, tanh]`` (``model.model.0``, ``.1``, ``.3``), the inner ones
+        ``[downrelu, downconv, downnorm, submodule, uprelu, upconv, upnorm(, dropout)]`` and the innermost
+        ``[downrelu, downconv, uprelu, upconv, upnorm]``; level k's block is ``model.model.1`` then
+        ``.model.3`` (k - 1) times."""
+        innermost = self.num_downs - 1
+        prefixes = {"encoder.0.conv": "model.model.0", f"decoder.{innermost}.conv": "model.model.3"}
+        for level in range(1, self.num_downs):
+            block = "model.model.1" + ".model.3" * (level - 1)
+            up = f"decoder.{innermost - level}"
+            prefixes[f"encoder.{level}.conv"] = f"{block}.model.1"
+            if level == innermost:
+                prefixes.update({f"{up}.conv": f"{block}.model.3", f"{up}.norm": f"{block}.model.4"})
+            else:
+                prefixes.update({f"encoder.{level}.norm": f"{block}.model.2", f"{up}.conv": f"{block}.model.5",
+                                 f"{up}.norm": f"{block}.model.6"})
+        mapping = {}
+        for key in self.state_dict():
+            module, _, leaf = key.rpartition(".")
+            mapping[key] = f"{prefixes[module]}.{leaf}"
+        return mapping
+
+    def load_canonical_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Loads a canonical ``UnetGenerator`` state dict (a pix2pix ``latest_net_G.pth``) into this net, which must
+        have been built with the same arguments. Missing, extra or mis-shaped keys raise ``ValueError``."""
+        load_mapped_state_dict(self, self.canonical_key_map(), state_dict, f"UnetGenerator ({self.extra_repr()})")
 
 
 def _down_conv(in_ch: int, out_ch: int, bias: bool) -> nn.Conv2d:

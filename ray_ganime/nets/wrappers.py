@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .animegan import AnimeGANv1Generator, AnimeGANv2Generator
+from .cartoongan import CartoonGANGenerator
 from .dcgan import DCGANGenerator
 from .resnet import ResNetGenerator
 from .unet import UNetGenerator
@@ -25,7 +27,9 @@ from .unet import UNetGenerator
 __all__ = ["GENERATORS", "PadToMultiple", "build_generator"]
 
 GENERATORS: dict[str, type[nn.Module]] = {
-    "UNetGenerator": UNetGenerator, "DCGANGenerator": DCGANGenerator, "ResNetGenerator": ResNetGenerator}
+    "UNetGenerator": UNetGenerator, "DCGANGenerator": DCGANGenerator, "ResNetGenerator": ResNetGenerator,
+    "AnimeGANv2Generator": AnimeGANv2Generator, "AnimeGANv1Generator": AnimeGANv1Generator,
+    "CartoonGANGenerator": CartoonGANGenerator}
 
 
 def build_generator(class_name: str, args: dict[str, Any]) -> nn.Module:

@@ -113,6 +113,11 @@ def step_decay(milestones: list[int], gamma: float) -> Callable[[int], float]:
     return lambda epoch: gamma ** sum(epoch >= m for m in milestones)
 
 
+def image_side(column: str, channels: int = 3) -> dict[str, Any]:
+    """A package's input or output: NCHW float32 images in [-1, 1] (transforms.to_tensor's) of a batch column."""
+    return {"column": column, "channels": channels, "layout": "NCHW", "dtype": "float32", "value_range": [-1.0, 1.0]}
+
+
 class Recipe:
     name: ClassVar[str]
     task: ClassVar[str]  # the data set kind it trains on: "paired", "unpaired" or "folder"
@@ -121,8 +126,12 @@ class Recipe:
     streams: ClassVar[dict[str, str | None]] = {"train": None}
     ModelOptions: ClassVar[type[Options]] = Options
     LossOptions: ClassVar[type[Options]] = Options
+    # Whether train_step knows an init phase (optim.init_epochs of content-only generator training).
+    init_phase: ClassVar[bool] = False
 
-    def __init__(self, cfg: Config, device: torch.device | str = "cpu", rank: int = 0):
+    def __init__(self, cfg: Config, device: torch.device | str = "cpu", rank: int = 0, frozen: bool = True):
+        """``frozen=False``: without the pretrained networks of the losses (exporting or serving a checkpoint's
+        generators needs none of them; training does)."""
         self.cfg = cfg
         self.device = torch.device(device)
         self.rank = rank
@@ -130,11 +139,13 @@ class Recipe:
         self.amp_dtype = autocast_dtype(self.device, cfg.train.precision, cfg.data.batch_size)
         self.epoch = 0  # set by the engine before each epoch / step
         self.global_step = 0
-        self.model_opts = self.validate(self.ModelOptions, cfg.model, "model")
-        self.loss_opts = self.validate(self.LossOptions, cfg.loss, "loss")
+        self.model_opts, self.loss_opts = self.options(cfg)
         self.nets: dict[str, nn.Module] = {k: v.to(self.device) for k, v in self.build_nets().items()}
+        # Which weights each frozen network loaded ({"name", "sha256", "random_init", "source"}), for checkpoints,
+        # packages and reports: build_frozen fills it.
+        self.pretrained: dict[str, dict] = {}
         self.frozen: dict[str, nn.Module] = {k: v.to(self.device).eval().requires_grad_(False)
-                                             for k, v in self.build_frozen().items()}
+                                             for k, v in (self.build_frozen() if frozen else {}).items()}
         if self.device.type == "cuda" and cfg.train.channels_last:
             for net in (*self.nets.values(), *self.frozen.values()):
                 net.to(memory_format=torch.channels_last)
@@ -148,9 +159,15 @@ class Recipe:
         """The recipe's options for ``cfg`` without any network built (directions, metric names, sizes)."""
         recipe = cls.__new__(cls)
         recipe.cfg = cfg
-        recipe.model_opts = cls.validate(cls.ModelOptions, cfg.model, "model")
-        recipe.loss_opts = cls.validate(cls.LossOptions, cfg.loss, "loss")
+        recipe.model_opts, recipe.loss_opts = cls.options(cfg)
         return recipe
+
+    @classmethod
+    def options(cls, cfg: Config) -> tuple[Options, Options]:
+        """The recipe's model and loss options of ``cfg``, checked (with what it asks of the shared sections)."""
+        if cfg.optim.init_epochs and not cls.init_phase:
+            raise ConfigError(f"invalid config: optim.init_epochs: recipe {cls.name} has no init phase")
+        return cls.validate(cls.ModelOptions, cfg.model, "model"), cls.validate(cls.LossOptions, cfg.loss, "loss")
 
     @classmethod
     def network_sizes(cls, cfg: Config) -> dict[str, int]:
@@ -173,8 +190,14 @@ class Recipe:
         raise NotImplementedError
 
     def build_frozen(self) -> dict[str, nn.Module]:
-        """Pretrained networks the losses use (never trained, wrapped or checkpointed)."""
+        """Pretrained networks the losses use (never trained, wrapped or checkpointed); records which weights
+        each loaded in ``self.pretrained``."""
         return {}
+
+    @property
+    def in_init_phase(self) -> bool:
+        """Whether the current epoch is one of the init phase's (``optim.init_epochs``)."""
+        return self.epoch < self.cfg.optim.init_epochs
 
     def build_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError
@@ -212,6 +235,15 @@ class Recipe:
         (what H and W must be divisible by)."""
         raise NotImplementedError(f"recipe {self.name} cannot describe its generator for a model package yet")
 
+    def image_to_image_spec(self, direction: str, size_multiple: int, in_channels: int = 3,
+                            out_channels: int = 3) -> dict[str, Any]:
+        """``generator_spec`` without the network: an image-to-image generator from the direction's source
+        column to its target, trained at ``data.crop_size``."""
+        d = self.directions()[direction]
+        return {"kind": "image-to-image", "direction": direction, "input": image_side(d.source, in_channels),
+                "output": image_side(d.target, out_channels), "native_size": self.cfg.data.crop_size,
+                "size_multiple": size_multiple}
+
     def samples(self, batch: dict[str, torch.Tensor]) -> list[list[np.ndarray]]:
         """Rows of uint8 images for a sample grid, e.g. input | output | target."""
         raise NotImplementedError
@@ -242,10 +274,24 @@ class Recipe:
         """The network a user serves for ``direction`` (unwrapped)."""
         return self.nets[self.directions()[direction].net]
 
+    @torch.no_grad()
+    def run_generator(self, net: str, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """``self.nets[net]`` in eval mode over ``x`` in batches (samples, validation), as float32."""
+        G = self.nets[net]
+        was_training = G.training
+        G.eval()
+        with self.autocast():
+            y = torch.cat([G(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+        G.train(was_training)
+        return y
+
+    def direction_names(self) -> list[str]:
+        """The batch names the directions read (what validation needs)."""
+        return list(dict.fromkeys(n for d in self.directions().values() for n in (d.source, d.target)))
+
     def batch_names(self) -> list[str]:
-        """The image entries a training batch carries (what the directions read)."""
-        names = [n for d in self.directions().values() for n in (d.source, d.target)]
-        return list(dict.fromkeys(names))
+        """The image entries a training batch carries: the directions' (and e.g. derived views the losses use)."""
+        return self.direction_names()
 
     def example_batch(self, n: int, size: int | None = None, seed: int = 0) -> dict[str, Any]:
         """A random training batch of the shape the engine feeds (benchmarks, the recipe contract test)."""

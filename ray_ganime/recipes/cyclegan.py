@@ -65,8 +65,8 @@ class CycleGAN(Recipe):
     ModelOptions = CycleGANModel
     LossOptions = CycleGANLoss
 
-    def __init__(self, cfg, device="cpu", rank=0):
-        super().__init__(cfg, device, rank)
+    def __init__(self, cfg, device="cpu", rank=0, frozen=True):
+        super().__init__(cfg, device, rank, frozen)
         # One pool per discriminator; seeds differ per pool and per rank (each rank pools its own images).
         seeds = np.random.SeedSequence([cfg.train.seed, rank]).generate_state(2)
         self.pools = {"D_A": ImagePool(self.loss_opts.pool_size, int(seeds[0])),
@@ -167,32 +167,19 @@ class CycleGAN(Recipe):
             net = {"class": "ResNetGenerator", "args": {"in_channels": 3, "out_channels": 3, "ngf": m.ngf,
                                                         "n_blocks": m.n_blocks, "norm": m.norm, "dropout": m.dropout,
                                                         "n_downs": m.n_downs}}
-        image = {"channels": 3, "layout": "NCHW", "dtype": "float32", "value_range": [-1.0, 1.0]}
-        source = {"column": d.source, **image}
+        spec = {**net, **self.image_to_image_spec(direction, G.size_multiple)}
         if m.view:  # serving prepares an upload as training prepared this domain
-            source["preprocess"] = {"view": m.view, **({"lineart_target": m.serve_lineart_target}
-                                                       if m.view == "lineart" else {})}
-        return {**net, "kind": "image-to-image", "direction": direction, "input": source,
-                "output": {"column": d.target, **image}, "native_size": self.cfg.data.crop_size,
-                "size_multiple": G.size_multiple}
-
-    @torch.no_grad()
-    def _translate(self, key: str, x: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-        G = self.nets[key]
-        was_training = G.training
-        G.eval()
-        with self.autocast():
-            y = torch.cat([G(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
-        G.train(was_training)
-        return y
+            spec["input"]["preprocess"] = {"view": m.view, **({"lineart_target": m.serve_lineart_target}
+                                                              if m.view == "lineart" else {})}
+        return spec
 
     def samples(self, batch):
         """Per example: a | G_A(a) | G_B(G_A(a)), then b | G_B(b) | G_A(G_B(b))."""
         rows = []
         for source, there, back in ((self._domain("A"), "G_A", "G_B"), (self._domain("B"), "G_B", "G_A")):
             x = batch[source]
-            fake = self._translate(there, x)
-            rec = self._translate(back, fake)
+            fake = self.run_generator(there, x)
+            rec = self.run_generator(back, fake)
             rows += [[transforms.to_uint8(t) for t in (x[i], fake[i], rec[i])] for i in range(len(x))]
         return rows
 
@@ -201,7 +188,7 @@ class CycleGAN(Recipe):
         learning that needs no Inception network and no paired targets."""
         out = {}
         for key, back, domain in (("a2b", "G_B", "a"), ("b2a", "G_A", "b")):
-            rec = self._translate(back, fakes[key])
+            rec = self.run_generator(back, fakes[key])
             out[f"val_cycle_l1_{domain}"] = (rec - inputs[key]).abs().mean().item()
         out["val_cycle_l1"] = (out["val_cycle_l1_a"] + out["val_cycle_l1_b"]) / 2
         return out

@@ -94,22 +94,13 @@ class Pix2Pix(Recipe):
                 "G_L1": loss_l1.detach(), "G_TV": loss_tv.detach()}
 
     def generator_spec(self, direction=""):
-        G, m, d = self.nets["G"], self.model_opts, self.directions()[direction]
-        image = {"layout": "NCHW", "dtype": "float32", "value_range": [-1.0, 1.0]}  # transforms.to_tensor
+        G, m = self.nets["G"], self.model_opts
         return {"class": "UNetGenerator",
                 "args": {"in_channels": G.in_channels, "out_channels": G.out_channels, "ngf": m.ngf,
                          "num_downs": G.num_downs, "norm": m.norm, "dropout": m.dropout},
-                "kind": "image-to-image",
-                "input": {"channels": G.in_channels, "column": d.source, **image},
-                "output": {"channels": G.out_channels, "column": d.target, **image},
-                "native_size": self.cfg.data.crop_size, "size_multiple": G.size_multiple}
+                **self.image_to_image_spec(direction, G.size_multiple, G.in_channels, G.out_channels)}
 
-    @torch.no_grad()
     def samples(self, batch):
-        G = self.nets["G"]
-        was_training = G.training
-        G.eval()
-        fake = G(batch["sketch"]).float()
-        G.train(was_training)
+        fake = self.run_generator("G", batch["sketch"])
         return [[transforms.to_uint8(t) for t in (batch["sketch"][i], fake[i], batch["color"][i])]
                 for i in range(len(fake))]

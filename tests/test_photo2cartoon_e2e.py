@@ -1,0 +1,130 @@
+"""AnimeGANv2 and CartoonGAN as a user runs them: synthetic unpaired photos and cartoons -> a short real sweep
+over AnimeGANv2's colour weight (configs/animegan_sweep.yaml) and CartoonGAN trained with its config, both
+through an init phase then adversarial training -> evaluate (FID labelled for random Inception and random VGG
+features) -> export (the sweep's best, and the CartoonGAN run) -> one `ganime serve` answers both.
+
+Tiny everything (32 px, 3 steps an epoch, ndf 8): the plumbing from data to HTTP. Learning, the phases and exact
+resume inside and right after the init phase are checked without Ray (tests/test_photo2cartoon.py,
+tests/test_recipes.py).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from servers import REPO, free_ports, start_ganime_serve, wait_for_serving
+from serving import random_image
+from test_cyclegan_e2e import sets
+from test_faults_server import stop_group
+from test_train import metrics_lines
+
+from ray_ganime import images, inference
+from ray_ganime.cli import main
+
+TINY = ["model.ndf=8", "data.load_size=36", "data.crop_size=32", "data.batch_size=2", "data.shuffle_buffer=8",
+        "data.map_batch_size=16", "data.task_cpus=0.5", "train.cpus_per_worker=0.5", "train.max_steps_per_epoch=3",
+        "train.checkpoint_every=1", "train.sample_every=1", "eval.val_images=4", "eval.fid_weights=random",
+        "eval.max_images=8", "loss.vgg_weights=random", "data.uri=unpaired-40"]
+# One init epoch (G alone, content loss) then one adversarial epoch.
+ANIME = [*TINY, "optim.init_epochs=1", "train.epochs=2", "train.num_workers=1"]
+CARTOON = [*TINY, "model.ngf=8", "model.n_blocks=1", "optim.init_epochs=1", "train.epochs=2",
+           "optim.step_epochs=[1]"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, ray_session) -> Path:
+    root = tmp_path_factory.mktemp("photo2cartoon-store")
+    assert main(["data", "synth", "--kind", "unpaired", "--count", "40", "--size", "32", "--out", "unpaired-40",
+                 "--store", str(root)]) == 0
+    return root
+
+
+def train(store: Path, config: str, overrides: list[str], name: str) -> Path:
+    assert main(["train", "--config", str(REPO / "configs" / config), "--store", str(store), "--evaluate",
+                 *sets([*overrides, f"train.run_name={name}"])]) == 0
+    return store / "runs" / name
+
+
+@pytest.fixture(scope="module")
+def anime(store, tmp_path_factory) -> Path:
+    """Two trials over ω_col, the other ω at their Hayao values; the best becomes the package "hayao"."""
+    config = yaml.safe_load((REPO / "configs" / "animegan_sweep.yaml").read_text())
+    config["loss"] = {"adversarial": 300.0, "content": 1.5, "gram": 2.5, "tv": 1.0, "color": {"grid": [5.0, 50.0]}}
+    config["tune"].update(scheduler="none", metric="val_color", num_samples=1, max_concurrent_trials=1)
+    config["eval"]["val_fid"] = False  # the colour error needs no Inception
+    path = tmp_path_factory.mktemp("anime-sweep") / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["tune", str(path), "--name", "hayao", "--store", str(store), *sets(ANIME)]) == 0
+    return store / "sweeps" / "hayao"
+
+
+@pytest.fixture(scope="module")
+def cartoon(store) -> Path:
+    return train(store, "cartoongan.yaml", CARTOON, "cartoon")
+
+
+@pytest.mark.ray
+def test_a_short_animeganv2_sweep_trains_each_trial_through_its_init_phase_and_exports_the_best(anime, store):
+    import pandas as pd
+
+    results = pd.read_csv(anime / "results.csv")
+    assert sorted(results["loss.color"]) == [5.0, 50.0] and results["val_color"].notna().all()
+    assert set(results["status"]) == {"completed"}
+    for run in sorted((anime / "runs").iterdir()):
+        log = metrics_lines(str(run))
+        assert [sorted(k for k in m if k.startswith("loss_")) for m in log] == \
+            [["loss_G_init"], ["loss_D", "loss_G"]]
+        assert {m["vgg_weights"] for m in log} == {"RANDOM-INIT VGG19 (perceptual losses used random features)"}
+        assert {"val_content", "val_color"} <= set(log[1])
+    best = results.loc[results["val_color"].idxmin()]
+    meta = json.loads((store / "models" / "hayao" / "model.json").read_text())
+    assert meta["recipe"] == "animeganv2" and meta["training"]["config"]["loss"]["color"] == best["loss.color"]
+    assert meta["metrics"]["evaluation"]["model"] == "AnimeGANv2"
+
+
+@pytest.mark.ray
+def test_cartoongan_trains_through_both_phases_and_is_evaluated(cartoon):
+    log = metrics_lines(str(cartoon))
+    assert "loss_G_init" in log[0] and {"loss_G", "loss_D", "D_edge", "lr_G", "lr_D"} <= set(log[1])
+    assert log[1]["lr_G"] == pytest.approx(2e-5)  # × 0.1 after optim.step_epochs [1]
+    assert {"val_content", "val_color", "val_images"} <= set(log[1])
+    record = json.loads((cartoon / "eval" / "metrics.json").read_text())
+    assert record["model"] == "CartoonGAN" and np.isfinite(record["fid"]) and record["fid_backbone"]["random_init"]
+    assert record["pretrained"]["vgg"]["random_init"] is True
+    table = (cartoon / "eval" / "results.md").read_text()
+    assert "| CartoonGAN |" in table and "perceptual losses it trained with used random features" in table
+
+
+@pytest.mark.ray
+def test_both_are_exported_and_served(anime, cartoon, store, tmp_path):
+    assert main(["export", str(cartoon / "checkpoint_epoch_0002"), "--name", "cartoon", "--store", str(store)]) == 0
+    packages = {"hayao": "animeganv2", "cartoon": "cartoongan"}
+    local = {}
+    for name, recipe in packages.items():
+        meta = json.loads((store / "models" / name / "model.json").read_text())
+        assert meta["recipe"] == recipe and meta["training"]["pretrained"]["vgg"]["random_init"] is True
+        assert meta["metrics"]["evaluation"]["fid_backbone"]["random_init"] is True
+        local[name] = inference.Generator.load(str(store / "models" / name), "cpu")
+
+    port, = free_ports(1)
+    log = tmp_path / "serve.log"
+    proc = start_ganime_serve(store, port, log)
+    url = f"http://127.0.0.1:{port}/v1/models/"
+    try:
+        wait_for_serving(proc, log)
+        image = random_image(37, 50)  # AnimeGANv2 takes any size; CartoonGAN's is padded to a multiple of 4
+        for name in packages:
+            request = urllib.request.Request(f"{url}{name}/generate", data=images.encode_png(image),
+                                             headers={"Content-Type": "image/png"})
+            with urllib.request.urlopen(request, timeout=120) as response:
+                answer = images.decode_rgb(response.read())
+            assert answer.shape == (37, 50, 3)
+            assert np.abs(answer.astype(int) - local[name].translate([image])[0].astype(int)).max() <= 1
+    finally:
+        stop_group(proc, signal.SIGTERM)
