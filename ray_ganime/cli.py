@@ -121,9 +121,11 @@ def cmd_recipes(args) -> None:
     cfg = _load(args)
     cfg.data.load_size = max(cfg.data.load_size, args.size)
     cfg.data.crop_size = args.size
-    # The config's model / loss options are its recipe's; every other recipe is shown with its defaults.
+    # The config's model / loss options (and init phase) are its recipe's; every other recipe is shown with
+    # its defaults.
+    others = {"model": {}, "loss": {}, "optim": cfg.optim.model_copy(update={"init_epochs": 0})}
     recipes = {name: recipe_class(name).unbuilt(cfg if name == cfg.recipe else
-                                                cfg.model_copy(update={"recipe": name, "model": {}, "loss": {}}))
+                                                cfg.model_copy(update={"recipe": name, **others}))
                for name in sorted(RECIPES)}
     print(f"{'recipe':<12} {'network':<8} {'parameters':>14}   (at {args.size} px)")
     for name, recipe in recipes.items():
@@ -234,7 +236,7 @@ def cmd_serve(args) -> None:
 
 
 def cmd_models(args) -> None:
-    from ray_ganime import inference
+    from ray_ganime import export, inference
 
     cfg = _load(args)
     # What `ganime serve` over this store would serve, and what it would report as broken.
@@ -247,9 +249,11 @@ def cmd_models(args) -> None:
         name = meta["uri"].rstrip("/").rsplit("/", 1)[-1]
         onnx = " +onnx" if meta.get("onnx") else ""
         epoch = (meta.get("training") or {}).get("epoch")
+        source = export.package_source(meta)
+        summary = (_metrics_summary(meta.get("metrics") or {}, meta.get("direction", "")) if "trained" in source
+                   else f"imported from {source['imported']} {source['file']} (sha256 {source['sha256'][:12]})")
         print(f"{name:<24} {_fmt_optional(meta.get('recipe')):<10} {meta['native_size']:>5} {_fmt_optional(epoch):>6}  "
-              f"{_fmt_optional(meta.get('created')):<25} "
-              f"{_metrics_summary(meta.get('metrics') or {}, meta.get('direction', ''))}{onnx}")
+              f"{_fmt_optional(meta.get('created')):<25} {summary}{onnx}")
     for package in broken:  # listed, so that nobody wonders where a package went
         print(f"{package['name']:<24} BROKEN: {package['reason']}")
 

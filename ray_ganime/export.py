@@ -42,9 +42,9 @@ from ray_ganime import __version__, checkpoints, storage, transforms
 from ray_ganime.nets import PadToMultiple, build_generator, count_parameters
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "IMAGE_TO_IMAGE", "NOISE", "Listing", "Manifest", "PackageError",
-           "check_manifest", "export_package", "export_packages", "find_evaluation", "import_animegan2", "import_junyanz",
-           "list_packages", "load_package", "package_meta", "package_name", "package_uri", "scan_packages",
-           "write_package"]
+           "check_manifest", "export_package", "export_packages", "find_evaluation", "import_animegan2",
+           "import_junyanz", "list_packages", "load_package", "package_meta", "package_name", "package_source",
+           "package_uri", "scan_packages", "write_package"]
 
 FORMAT = "ray-ganime-model"
 # Package kinds: what a generator consumes. Image-to-image generators take an image of any size (padded to
@@ -360,6 +360,16 @@ def write_package(net: nn.Module, spec: dict, name: str, store_uri: str, *, reci
         storage.write_bytes(storage.join(uri, ONNX_FILE), onnx_data, options)
     storage.write_json(storage.join(uri, MANIFEST), record, options)  # last: now the package exists
     return uri
+
+
+def package_source(meta: dict) -> dict[str, Any]:
+    """Where a package's weights come from: trained here (its recipe), or imported from another project's
+    checkpoint (that project, the file's name and sha256; not where the file lay)."""
+    training = meta.get("training") or {}
+    if "imported_from" not in training:
+        return {"trained": meta.get("recipe")}
+    return {"imported": training.get("source_format"), "file": str(training["imported_from"]).rsplit("/", 1)[-1],
+            "sha256": training.get("source_sha256")}
 
 
 # ------------------------------------------------------------------------------------------------ import

@@ -183,7 +183,7 @@ def model_summary(name: str, meta: dict) -> dict[str, Any]:
             "native_size": meta.get("native_size"), "size_multiple": meta.get("size_multiple"),
             "input": meta.get("input"), "output": meta.get("output"),
             "parameters": meta.get("weights", {}).get("parameters"), "metrics": _without_paths(meta.get("metrics", {})),
-            "created": meta.get("created"), "onnx": bool(meta.get("onnx"))}
+            "created": meta.get("created"), "onnx": bool(meta.get("onnx")), "source": export.package_source(meta)}
 
 
 def _without_paths(value: Any) -> Any:

@@ -356,7 +356,8 @@ def train_loop(loop_config: dict) -> None:
                    "images_per_s": images_total / seconds, **lrs,
                    **{k: s / (n_steps * world) for k, s in zip(sorted(sums), loss_sums)},
                    # which weights the losses' frozen networks have, e.g. vgg_weights: "RANDOM-INIT VGG19 (...)"
-                   **{f"{k}_weights": ident["name"] for k, ident in recipe.pretrained.items()}}
+                   **{f"{k}_weights": ident["name"] + (f" sha256:{ident['sha256'][:16]}" if ident["sha256"] else "")
+                      for k, ident in recipe.pretrained.items()}}
         if validate is not None:
             metrics.update(validate())
 

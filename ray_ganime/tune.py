@@ -325,6 +325,8 @@ def trial_rows(grid, cfg: Config, uri: str, keys: list[str]) -> list[dict]:
             "trial": trial_id, **{k: config.get(k) for k in keys},
             "objective": last.get(cfg.tune.metric),
             **validation_metrics(last),
+            # which pretrained weights the trial's losses and metrics used (e.g. vgg_weights, with its sha256)
+            **{k: v for k, v in last.items() if k.endswith("_weights") and isinstance(v, str)},
             "epochs": epochs,
             "status": "error" if result.error else ("stopped early" if epochs < cfg.train.epochs else "completed"),
             "checkpoint": checkpoints.uri_of(cfg.store.uri, checkpoint) if checkpoint else None,
@@ -358,7 +360,7 @@ def write_results(rows: list[dict], cfg: Config, uri: str, keys: list[str], opti
     import pandas as pd
 
     metric, mode = cfg.tune.metric, cfg.tune.resolved_mode()
-    logged = list(dict.fromkeys(k for r in rows for k in r if k.startswith("val_")))
+    logged = list(dict.fromkeys(k for r in rows for k in r if k.startswith("val_") or k.endswith("_weights")))
     columns = ["trial", *keys, "objective", *logged, "epochs", "status", "checkpoint"]
     table = pd.DataFrame([{c: r.get(c) for c in columns} for r in rows], columns=columns).dropna(axis=1, how="all")
     table = table.rename(columns={"objective": metric}).loc[:, lambda df: ~df.columns.duplicated()]

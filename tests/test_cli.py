@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -58,6 +60,18 @@ def test_recipes_lists_canonical_parameter_counts_generators_and_metrics(capsys)
     assert metrics["pix2pix"] == "val_ssim, val_l1, val_fid"
     assert metrics["cyclegan"] == ("val_fid_a2b, val_fid_b2a, val_fid, val_cycle_l1_a, val_cycle_l1_b, "
                                    "val_cycle_l1")
+    sizes = {tuple(line.split()[:2]): line.split()[2] for line in lines if len(line.split()) == 3}
+    assert sizes[("animeganv2", "G")] == "2,143,552" and sizes[("animegan", "G")] == "3,956,096"
+    assert sizes[("animeganv2", "D")] == sizes[("animegan", "D")] == "1,128,800"
+    assert sizes[("cartoongan", "G")] == "11,120,195" and sizes[("cartoongan", "D")] == "1,128,385"
+    assert metrics["animeganv2"] == metrics["cartoongan"] == "val_fid, val_content, val_color"
+
+
+def test_recipes_with_a_config_that_has_an_init_phase(capsys):
+    """The other recipes are listed with their defaults, not with the config's init phase they lack."""
+    assert main(["recipes", "--config", str(Path(__file__).parents[1] / "configs" / "cartoongan.yaml"), "--size",
+                 "128"]) == 0
+    assert "11,120,195" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [

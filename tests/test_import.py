@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import junyanz
@@ -133,7 +135,7 @@ def test_cli_import_writes_a_package_that_loads_back_bitwise(state, checkpoint, 
     ours = AnimeGANv2Generator().eval()
     ours.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     with torch.no_grad():
-        for size in [(64, 64), (50, 70)]:
+        for size in [(256, 256), (250, 333)]:
             x = _inputs(*size)
             got = model(x)  # PadToMultiple(…, 1) around the generator: no padding, no crop
             assert got.shape == x.shape
@@ -298,3 +300,21 @@ def test_a_wrong_netG_or_norm_is_a_one_line_error_and_writes_nothing(junyanz_fil
         err = capsys.readouterr().err
         assert err.startswith("ganime: error: ") and err.count("\n") == 1 and message in err, (argv, err)
     assert not (tmp_path / "models").exists()
+
+
+def test_the_ray_job_entry_point_imports(junyanz_files, tmp_path):
+    """jobs/import.py is what `ray job submit -- python jobs/import.py ...` runs: the CLI, from the working dir."""
+    path, _ = junyanz_files["resnet_9blocks"]
+    done = subprocess.run([sys.executable, "jobs/import.py", "cyclegan", str(path), "--name", "job",
+                           "--store", str(tmp_path)], cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == export.package_uri(str(tmp_path), "job")
+    assert export.package_meta(done.stdout.splitlines()[0])["weights"]["parameters"] == 11_378_179
+
+
+def test_models_lists_where_each_package_came_from(imported, capsys):
+    store, _ = imported
+    assert cli.main(["models", "--store", store]) == 0
+    line, = [x for x in capsys.readouterr().out.splitlines() if x.startswith("face-paint")]
+    assert "imported from bryandlee/animegan2-pytorch face_paint_512_v2.pt (sha256 " in line

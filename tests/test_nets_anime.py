@@ -105,6 +105,10 @@ def _cartoon_d_count(ndf: int = 32) -> int:
 
 def test_formulas_give_the_known_totals():
     assert _v2_count() == 2_143_552  # the TF AnimeGANv2 / animegan2-pytorch generator
+    # The TF v1 G_net (TachibanaYoshino/AnimeGAN net/generator.py), layer for layer. REFERENCE.md's 3,761,280 is
+    # ptran1203/pytorch-animeGAN's GeneratorV1, a looser port: it widens to 128 and 256 one layer earlier,
+    # narrows 256 -> 128 with a full 3x3 conv before u2, has affine-free norms and depthwise biases
+    # (-173,824 conv weights, -25,088 norm affines, +4,096 biases = -194,816).
     assert _v1_count() == 3_956_096
     assert _d_count() == 1_128_800  # REFERENCE.md: about 1.13M
     assert _cartoon_g_count() == 11_120_195

@@ -267,3 +267,72 @@ def test_allow_download(monkeypatch, tv_file):
     model, ident = load_vgg19(["conv1_1"], allow_download=True)
     assert ident == {"name": "vgg19 IMAGENET1K_V1", "sha256": None, "random_init": False, "source": "torchvision"}
     assert torch.equal(model.features[0].weight, torch.load(tv_file, weights_only=True)["features.0.weight"])
+
+
+# -------------------------------------------------------------------------- as the losses use it
+
+
+def test_tap_shapes_at_256px_in_both_notations():
+    taps = ["conv1_1", "block2_conv1", "block3_conv1", "block4_conv1", "conv4_4", "block5_conv1", "block5_conv2"]
+    model, _ = load_vgg19(taps, source="random")
+    assert len(model.features) == VGG_LAYER_INDEX["conv5_2"] + 1 and VGG_LAYER_INDEX["block5_conv2"] == 30
+    with torch.no_grad():
+        out = model(_images(1, 256))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "conv1_1": (1, 64, 256, 256), "block2_conv1": (1, 128, 128, 128), "block3_conv1": (1, 256, 64, 64),
+        "block4_conv1": (1, 512, 32, 32), "conv4_4": (1, 512, 32, 32), "block5_conv1": (1, 512, 16, 16),
+        "block5_conv2": (1, 512, 16, 16)}
+    assert (out["conv4_4"] < 0).any()  # pre-activation
+
+
+def test_stays_frozen_and_in_eval_mode_inside_a_module_being_trained():
+    class Owner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.vgg, _ = load_vgg19(["conv2_2"], source="random")
+
+        def forward(self, x):
+            return self.vgg(self.conv(x))["conv2_2"].square().mean()
+
+    owner = Owner().train()
+    assert owner.training and owner.conv.training and not owner.vgg.training
+    assert not any(m.training for m in owner.vgg.modules())
+    assert not any(p.requires_grad for p in owner.vgg.parameters())
+    owner(_images()).backward()
+    assert owner.conv.weight.grad is not None and owner.conv.weight.grad.abs().sum() > 0  # gradients flow through
+    assert all(p.grad is None for p in owner.vgg.parameters())
+
+
+def test_builds_and_runs_on_the_meta_device():
+    with torch.device("meta"):
+        model = VGG19Features(["conv4_4"])
+        out = model(torch.empty(2, 3, 256, 256))
+    assert out["conv4_4"].shape == (2, 512, 32, 32) and out["conv4_4"].device.type == "meta"
+
+
+def test_weights_from_s3_load_and_are_named_by_their_sha256(s3_bucket, tv_file, monkeypatch):
+    import fsspec
+
+    uri = f"{s3_bucket}/weights/vgg19-test.pth"
+    with fsspec.open(uri, "wb") as f:
+        f.write(tv_file.read_bytes())
+    digest = hashlib.sha256(tv_file.read_bytes()).hexdigest()
+    with pytest.warns(UserWarning, match="not torchvision's"):
+        from_s3, ident = load_vgg19(["conv4_4"], source=uri)
+    assert ident == {"name": "custom:vgg19-test.pth", "sha256": digest, "random_init": False, "source": uri}
+    local, _ = load_vgg19(["conv4_4"], source=str(tv_file))
+    x = _images()
+    with torch.no_grad():
+        assert torch.equal(from_s3(x)["conv4_4"], local(x)["conv4_4"])
+
+    # A recipe's record of it, as checkpoints, packages, reports and Tune results carry it.
+    from ray_ganime.config import load_config
+    from ray_ganime.recipes import RECIPES
+
+    monkeypatch.setenv(vgg_mod.VGG_WEIGHTS_ENV, uri)
+    cfg = load_config(None, ["recipe=cartoongan", "model.ngf=8", "model.n_blocks=1", "model.ndf=8",
+                             "data.crop_size=32", "data.load_size=32"])
+    with pytest.warns(UserWarning, match="not torchvision's"):
+        recipe = RECIPES["cartoongan"](cfg, "cpu")
+    assert recipe.pretrained["vgg"]["sha256"] == digest and recipe.pretrained["vgg"]["source"] == uri

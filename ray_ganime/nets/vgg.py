@@ -73,8 +73,12 @@ def _layer_names() -> tuple[str, ...]:
 
 #: The 37 modules of torchvision's ``vgg19().features``, in order, in paper notation.
 VGG_LAYER_NAMES: tuple[str, ...] = _layer_names()
-#: Layer name -> index in ``features`` (``conv4_4`` -> 25).
-VGG_LAYER_INDEX: dict[str, int] = {name: i for i, name in enumerate(VGG_LAYER_NAMES)}
+#: Layer name -> index in ``features`` (``conv4_4`` -> 25); Keras's names of the convolutions too
+#: (``block5_conv2`` = ``conv5_2``), as the style-transfer papers' code names its taps.
+VGG_LAYER_INDEX: dict[str, int] = {
+    **{name: i for i, name in enumerate(VGG_LAYER_NAMES)},
+    **{f"block{name[4:].replace('_', '_conv')}": i for i, name in enumerate(VGG_LAYER_NAMES)
+       if name.startswith("conv")}}
 
 
 class VGG19Features(nn.Module):
@@ -116,6 +120,10 @@ class VGG19Features(nn.Module):
         # Non-persistent: the state dict stays exactly torchvision's features.* keys.
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "VGG19Features":
+        """Always eval mode: a frozen feature extractor stays so when the module that owns it is trained."""
+        return super().train(False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
         if x.ndim != 4 or x.shape[1] != 3:
