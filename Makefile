@@ -34,7 +34,7 @@ demo: install
 	$(VENV)/bin/ganime demo
 
 test: install browser
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/data_pipeline.py

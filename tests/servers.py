@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the CLI colours its output even into a pipe
@@ -264,3 +266,20 @@ def listening_sockets(pids: list[int]) -> list[tuple[int, str, int]]:
             if link.startswith("socket:[") and link[8:-1] in listening:
                 found.append((pid, *listening[link[8:-1]]))
     return found
+
+
+STOP_S = 20  # a stopped server must be gone, port and processes, within this
+
+
+def stop_group(proc: subprocess.Popen, signum: int) -> float:
+    """Signal ``proc``'s process group; seconds until it exited (killed, and the test failed, after STOP_S)."""
+    started = time.monotonic()
+    if proc.poll() is None:
+        os.killpg(proc.pid, signum)
+        try:
+            proc.wait(timeout=STOP_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"ganime serve still ran {STOP_S} s after signal {signum}")
+    return time.monotonic() - started

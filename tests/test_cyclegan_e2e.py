@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from servers import REPO, free_ports, start_ganime_serve, wait_for_serving
+from runs import sets
+from servers import REPO, free_ports, start_ganime_serve, stop_group, wait_for_serving
 from serving import random_image
-from test_faults_server import stop_group
 
 from ray_ganime import checkpoints, images, inference, storage
 from ray_ganime.cli import main
@@ -30,10 +30,6 @@ TINY = ["model.ngf=8", "model.ndf=8", "model.n_blocks=2", "data.load_size=36", "
         "train.sample_every=1", "eval.val_images=4", "eval.fid_weights=random", "eval.max_images=8",
         "loss.pool_size=2"]
 DIRECTIONS = ("a2b", "b2a")
-
-
-def sets(overrides: list[str]) -> list[str]:
-    return [a for o in overrides for a in ("--set", o)]
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,14 @@ measured by the cycle reconstruction error (two workers: tests/test_cyclegan_e2e
 
 Synthetic unpaired data (domain A soft renders, B flat cels), 32 px, ResNet generators with 2 blocks. Every
 ``fit`` costs 65-170 s on this shared 2-core machine, so there are four: three for the exact resume
-(uninterrupted, stopped, continued) and one learning run. The run helpers are tests/test_train.py's.
+(uninterrupted, stopped, continued) and one learning run. The run helpers are tests/runs.py's.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from test_train import max_abs_diff, meta, metrics_lines, saved_state, stop_and_rerun, timed_fit, unique
+from runs import max_abs_diff, meta, metrics_lines, saved_state, stop_and_rerun, timed_fit, unique
 
 from ray_ganime import train
 from ray_ganime.config import load_config

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from servers import (GANIME, command_line, free_ports, listening_sockets, start_ganime_serve, tail,
-                     wait_for_http, wait_for_serving)
+from servers import (GANIME, command_line, free_ports, listening_sockets, start_ganime_serve, stop_group,
+                     tail, wait_for_http, wait_for_serving)
 from serving import make_packages, random_image
 
 from ray_ganime import images
@@ -34,7 +34,6 @@ pytestmark = pytest.mark.timeout(900)
 
 REPLICA = "ray::ServeReplica:ganime:Gateway"
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
-STOP_S = 20  # a stopped server must be gone, port and processes, within this
 
 
 @dataclass
@@ -62,20 +61,6 @@ def server(tmp_path_factory) -> Iterator[Server]:
 
 def process_tree(pid: int) -> list[int]:
     return [pid, *descendants(pid)]
-
-
-def stop_group(proc: subprocess.Popen, signum: int) -> float:
-    """Signal ``proc``'s process group; seconds until it exited (killed, and the test failed, after STOP_S)."""
-    started = time.monotonic()
-    if proc.poll() is None:
-        os.killpg(proc.pid, signum)
-        try:
-            proc.wait(timeout=STOP_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            pytest.fail(f"ganime serve still ran {STOP_S} s after signal {signum}")
-    return time.monotonic() - started
 
 
 def alive(pids: list[int]) -> list[str]:

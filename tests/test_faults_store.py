@@ -13,8 +13,8 @@ from typing import Callable
 
 import pytest
 import torch
+from runs import SMALL_DATASET, make_cfg, metrics_lines, unique
 from servers import free_ports
-from test_train import SMALL_DATASET, make_cfg, metrics_lines, unique
 
 from ray_ganime import checkpoints, train
 from ray_ganime.checkpoints import META_FILE, STATE_FILE, CheckpointError

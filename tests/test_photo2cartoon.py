@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from runs import assert_states_equal, saved_and_loaded, snapshot
 
 from ray_ganime.config import ConfigError, load_config
 from ray_ganime.data import ShardData
 from ray_ganime.demo import ensure_synthetic
 from ray_ganime.recipes import RECIPES
 from ray_ganime.transforms import to_tensor
-from test_recipes import assert_states_equal, saved_and_loaded, snapshot
 
 SIZE = 32
 TINY = {"cartoongan": ["model.ngf=16", "model.n_blocks=2", "model.ndf=8"], "animegan": ["model.ndf=8"],

@@ -21,11 +21,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from servers import REPO, free_ports, start_ganime_serve, wait_for_serving
+from servers import REPO, free_ports, start_ganime_serve, stop_group, wait_for_serving
 from serving import random_image
-from test_cyclegan_e2e import sets
-from test_faults_server import stop_group
-from test_train import max_abs_diff, metrics_lines, saved_state, stop_and_rerun
+from runs import max_abs_diff, metrics_lines, saved_state, sets, stop_and_rerun
 
 from ray_ganime import images, inference
 from ray_ganime.cli import main

@@ -9,13 +9,13 @@ Validator's metric names. Nets are tiny (``TINY``) and images 32 px.
 from __future__ import annotations
 
 import ast
-import io
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from runs import assert_states_equal, saved_and_loaded, snapshot
 from torch import nn
 
 import ray_ganime
@@ -74,34 +74,6 @@ def optimised_nets(recipe: Recipe) -> list[str]:
     """The nets whose parameters an optimiser updates (G, D; not an EMA copy)."""
     ids = {id(p) for o in recipe.optimizers.values() for g in o.param_groups for p in g["params"]}
     return [k for k, net in recipe.nets.items() if any(id(p) in ids for p in net.parameters())]
-
-
-def snapshot(recipe: Recipe) -> dict[str, dict[str, torch.Tensor]]:
-    return {k: {n: t.detach().clone() for n, t in net.state_dict().items()} for k, net in recipe.nets.items()}
-
-
-def assert_states_equal(a, b, where: str = "") -> None:
-    """Bitwise equality of nested state (dicts, lists, tensors, numbers)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_states_equal(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_states_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
-def saved_and_loaded(obj):
-    """``obj`` through torch.save and the safe loader (no pickled code)."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 # ------------------------------------------------------------------------------------ per recipe
