@@ -249,6 +249,18 @@ def test_dtype_and_device(tv_file):
     assert model(_images().double())["conv1_2"].dtype == torch.float64
 
 
+def test_bf16_autocast_gives_bf16_taps_close_to_float32():
+    """The losses call it under the step's autocast (bf16 on CUDA); CPU autocast runs the same dtype rules."""
+    model, _ = load_vgg19(["conv4_4"], source="random")
+    x = _images()
+    with torch.no_grad():
+        full = model(x)["conv4_4"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(x)["conv4_4"]
+    assert half.dtype == torch.bfloat16 and torch.isfinite(half).all()
+    assert (half.float() - full).abs().max() < 0.05 * full.abs().max()
+
+
 def test_allow_download(monkeypatch, tv_file):
     from torchvision.models import VGG19_Weights
 

@@ -11,7 +11,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-__all__ = ["NORMS", "make_norm", "conv_bias", "init_weights", "count_parameters", "load_mapped_state_dict"]
+__all__ = ["NORMS", "make_norm", "conv_bias", "init_weights", "count_parameters", "load_mapped_state_dict",
+           "rename_modules"]
 
 NORMS = ("batch", "instance", "none")
 
@@ -75,6 +76,16 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameter elements (buffers such as running statistics excluded)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def rename_modules(net: nn.Module, prefixes: Mapping[str, str]) -> dict[str, str]:
+    """Every state-dict key of ``net`` -> the same tensor's key in another code base, whose module names
+    ``prefixes`` gives (ours -> theirs; the tensor's own name, ``weight``, ``running_mean``, ..., is kept)."""
+    mapping = {}
+    for key in net.state_dict():
+        module, _, leaf = key.rpartition(".")
+        mapping[key] = f"{prefixes[module]}.{leaf}"
+    return mapping
 
 
 _RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")

@@ -27,7 +27,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .layers import conv_bias, init_weights, load_mapped_state_dict, make_norm
+from .layers import conv_bias, init_weights, load_mapped_state_dict, make_norm, rename_modules
 
 __all__ = ["ResNetGenerator", "ResidualBlock"]
 
@@ -144,11 +144,7 @@ class ResNetGenerator(nn.Module):
             prefixes[f"model.u{k + 1}.conv"], prefixes[f"model.u{k + 1}.norm"] = f"model.{i}", f"model.{i + 1}"
             i += 3
         prefixes["model.out.conv"] = f"model.{i + 1}"
-        mapping = {}
-        for key in self.state_dict():
-            module, _, leaf = key.rpartition(".")
-            mapping[key] = f"{prefixes[module]}.{leaf}"
-        return mapping
+        return rename_modules(self, prefixes)
 
     def load_canonical_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Loads a canonical ``ResnetGenerator`` state dict (e.g. a released ``latest_net_G_A.pth``) into this net,

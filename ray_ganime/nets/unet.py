@@ -29,7 +29,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .layers import conv_bias, init_weights, load_mapped_state_dict, make_norm
+from .layers import conv_bias, init_weights, load_mapped_state_dict, make_norm, rename_modules
 
 __all__ = ["UNetGenerator", "unet_channels"]
 
@@ -149,11 +149,7 @@ class UNetGenerator(nn.Module):
             else:
                 prefixes.update({f"encoder.{level}.norm": f"{block}.model.2", f"{up}.conv": f"{block}.model.5",
                                  f"{up}.norm": f"{block}.model.6"})
-        mapping = {}
-        for key in self.state_dict():
-            module, _, leaf = key.rpartition(".")
-            mapping[key] = f"{prefixes[module]}.{leaf}"
-        return mapping
+        return rename_modules(self, prefixes)
 
     def load_canonical_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Loads a canonical ``UnetGenerator`` state dict (a pix2pix ``latest_net_G.pth``) into this net, which must
