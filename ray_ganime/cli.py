@@ -384,8 +384,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The commands that start a Ray of their own when $RAY_ADDRESS names none.
+STARTS_RAY = ("train", "evaluate", "tune", "serve", "demo")
+
+
+def own_ray_uses_token_auth() -> None:
+    """A Ray that ganime starts uses token auth whatever $RAY_AUTH_MODE says: without it each Serve replica's gRPC
+    server, which Ray binds to every interface, runs (unpickles) calls from any host. Ray reads the mode when it
+    is imported and its processes when they start, so this comes first. A cluster joined through $RAY_ADDRESS
+    keeps its own setting."""
+    import os
+
+    mode = os.environ.get("RAY_AUTH_MODE", "")
+    if os.environ.get("RAY_ADDRESS") or mode.lower() == "token":
+        return
+    print(f"ganime: RAY_AUTH_MODE={mode} ignored: the local Ray that ganime starts always uses token auth",
+          file=sys.stderr)
+    os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in STARTS_RAY:
+        own_ray_uses_token_auth()
     try:
         args.func(args)
     except (cfgmod.ConfigError, storage.StorageError, FileNotFoundError, FileExistsError, ValueError) as e:

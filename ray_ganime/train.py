@@ -438,7 +438,10 @@ def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures), callbacks=list(callbacks),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
         datasets=data.stream_datasets(recipe_cls.streams),
+        # One worker reads whole streams: no split, so no split-coordinator actor per stream to start and
+        # synchronise with every epoch (the same rows in the same order).
         dataset_config=ray.train.DataConfig(
+            datasets_to_split="all" if cfg.train.num_workers > 1 else [],
             execution_options=ray.data.ExecutionOptions(preserve_order=cfg.data.deterministic)),
     )
     result = trainer.fit()

@@ -14,6 +14,11 @@ from typing import Iterator
 import pytest
 from servers import moto_server
 
+# Ray Train's controller polls its workers every 2 s, and a worker's ray.train.report waits for the next poll:
+# each tiny fit of the suite (epochs of a second or two) spent several seconds waiting. Every Ray the tests start
+# (the shared session, `ray start` heads, `ganime` subprocesses) inherits this.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+
 # ===================================================================================================
 # S3: a real S3 server (moto_server) on loopback
 #

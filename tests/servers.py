@@ -209,10 +209,11 @@ def ray_start_head(log_dir: Path, num_cpus: int = 2, timeout_s: float = 90.0,
 GANIME = Path(sys.executable).parent / "ganime"
 
 
-def start_ganime_serve(store: Path, port: int, log: Path, *args: str) -> subprocess.Popen:
+def start_ganime_serve(store: Path, port: int, log: Path, *args: str,
+                       env: dict[str, str] | None = None) -> subprocess.Popen:
     """``ganime serve`` on its own Ray, in a process group of its own (so a test can signal the group the way a
-    terminal's Ctrl-C or systemd does), without a token; output to ``log``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "GANIME_SERVE_TOKEN")}
+    terminal's Ctrl-C or systemd does), without a token; output to ``log``; ``env``: variables to add."""
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "GANIME_SERVE_TOKEN")}, **(env or {})}
     with open(log, "ab") as out:
         return subprocess.Popen([str(GANIME), "serve", "--store", str(store), "--port", str(port), *args],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)

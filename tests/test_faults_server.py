@@ -51,7 +51,8 @@ def server(tmp_path_factory) -> Iterator[Server]:
     names = make_packages(str(root / "store"))
     port, = free_ports(1)
     log = root / "serve.log"
-    proc = start_ganime_serve(root / "store", port, log)
+    # As users export it to get past Ray's token-auth trap: ganime's own Ray must use token auth all the same.
+    proc = start_ganime_serve(root / "store", port, log, env={"RAY_AUTH_MODE": "disabled"})
     try:
         wait_for_serving(proc, log)
         yield Server(proc, port, root / "store", log, names)
@@ -130,8 +131,12 @@ def test_haproxy_config_from_rays_template_keeps_to_loopback_and_answers_json(tm
 def test_nothing_listens_beyond_loopback_but_the_replicas_token_guarded_grpc(server):
     """Every listening socket of the server's processes is on loopback, except each replica's gRPC server for calls
     between deployments: Ray 2.60 binds it to [::] with no setting to change it, and it refuses a call without the
-    cluster's token. HAProxy's admin socket is mode 600 in a folder only its user can enter."""
+    cluster's token, also when ganime serve was started with RAY_AUTH_MODE=disabled (the fixture's). HAProxy's
+    admin socket is mode 600 in a folder only its user can enter."""
     import grpc
+
+    assert "RAY_AUTH_MODE=disabled ignored: the local Ray that ganime starts always uses token auth" in \
+        server.log.read_text()
 
     sockets = listening_sockets(process_tree(server.proc.pid))
     assert any(port == server.port for _, _, port in sockets)
