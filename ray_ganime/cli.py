@@ -164,7 +164,7 @@ def cmd_import(args) -> None:
             raise cfgmod.ConfigError(f"{', '.join(given)}: for pix2pix and cyclegan checkpoints, not animegan2")
         uri = export.import_animegan2(args.file, args.name, cfg.store.uri, cfg.store.options(),
                                       overwrite=args.overwrite, align_corners=args.align_corners is not False,
-                                      native_size=args.native_size or 512, onnx=args.onnx)
+                                      native_size=args.native_size, onnx=args.onnx)
     else:
         if args.align_corners is not None:
             raise cfgmod.ConfigError("--align-corners: for animegan2 checkpoints only")
@@ -244,14 +244,14 @@ def cmd_models(args) -> None:
     if not packages and not broken:
         print(f"no model packages in {storage.join(cfg.store.uri, 'models')}")
         return
-    print(f"{'name':<24} {'recipe':<10} {'size':>5} {'epoch':>6}  {'created':<25} metrics")
+    print(f"{'name':<24} {'recipe':<10} {'size':>5} {'epoch':>6}  {'created':<25} metrics (or source)")
     for meta in packages:
         name = meta["uri"].rstrip("/").rsplit("/", 1)[-1]
         onnx = " +onnx" if meta.get("onnx") else ""
         epoch = (meta.get("training") or {}).get("epoch")
         source = export.package_source(meta)
         summary = (_metrics_summary(meta.get("metrics") or {}, meta.get("direction", "")) if "trained" in source
-                   else f"imported from {source['imported']} {source['file']} (sha256 {source['sha256'][:12]})")
+                   else f"imported from {source['imported']} {source['file']} (sha256 {(source['sha256'] or '')[:12]})")
         print(f"{name:<24} {_fmt_optional(meta.get('recipe')):<10} {meta['native_size']:>5} {_fmt_optional(epoch):>6}  "
               f"{_fmt_optional(meta.get('created')):<25} {summary}{onnx}")
     for package in broken:  # listed, so that nobody wonders where a package went
@@ -396,7 +396,7 @@ def own_ray_uses_token_auth() -> None:
     import os
 
     mode = os.environ.get("RAY_AUTH_MODE", "")
-    if os.environ.get("RAY_ADDRESS") or mode.lower() == "token":
+    if os.environ.get("RAY_ADDRESS", "local") != "local" or mode.lower() == "token":
         return
     print(f"ganime: RAY_AUTH_MODE={mode} ignored: the local Ray that ganime starts always uses token auth",
           file=sys.stderr)

@@ -54,10 +54,10 @@ FORMAT_VERSION = 1
 MANIFEST = "model.json"
 WEIGHTS = "generator.safetensors"
 ONNX_FILE = "generator.onnx"
-# Max |onnxruntime - torch| accepted when an export is verified: an eighth of an 8-bit level (2/255 in [-1, 1]),
-# so the graph never changes a served pixel by more than rounding. GroupNorm over a whole image (AnimeGANv2)
-# accumulates in another order in onnxruntime and differs by ~2e-4.
-ONNX_TOLERANCE = 1e-3
+ONNX_TOLERANCE = 1e-4  # max |onnxruntime - torch| accepted when an export is verified
+# ... for a net with GroupNorm over whole images (AnimeGANv2), which onnxruntime sums in another order (~2e-4
+# apart): an eighth of an 8-bit level (2/255 in [-1, 1]), so no served pixel changes by more than rounding.
+ONNX_TOLERANCE_GROUPNORM = 1e-3
 ONNX_INPUT, ONNX_OUTPUT = "image", "output"
 ONNX_DYNAMIC_AXES = {"0": "batch", "2": "height", "3": "width"}
 
@@ -201,14 +201,19 @@ def _export_onnx(model: nn.Module, spec: dict) -> tuple[bytes, dict]:
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = session.run(None, {ONNX_INPUT: x.numpy()})[0]
     diff = float(abs(got - expected).max()) if got.shape == expected.shape else float("inf")
-    if diff > ONNX_TOLERANCE:
+    tolerance = onnx_tolerance(model)
+    if diff > tolerance:
         raise PackageError(f"ONNX export differs from PyTorch on a {check_shape} input: max |diff| {diff:.3g} "
-                           f"> {ONNX_TOLERANCE} (output shape {got.shape} vs {expected.shape})")
+                           f"> {tolerance} (output shape {got.shape} vs {expected.shape})")
     entry = {"file": ONNX_FILE, "sha256": _sha256(data), "bytes": len(data), "opset": int(opset),
              "input": ONNX_INPUT, "output": ONNX_OUTPUT,
              "dynamic_axes": {ONNX_INPUT: ONNX_DYNAMIC_AXES, ONNX_OUTPUT: ONNX_DYNAMIC_AXES},
-             "verified": {"input_shape": list(check_shape), "max_abs_diff": diff, "tolerance": ONNX_TOLERANCE}}
+             "verified": {"input_shape": list(check_shape), "max_abs_diff": diff, "tolerance": tolerance}}
     return data, entry
+
+
+def onnx_tolerance(model: nn.Module) -> float:
+    return ONNX_TOLERANCE_GROUPNORM if any(isinstance(m, nn.GroupNorm) for m in model.modules()) else ONNX_TOLERANCE
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -442,7 +447,7 @@ def _check_native_size(native_size: int, multiple: int) -> None:
 
 
 def import_animegan2(path_or_uri: str, name: str, store_uri: str, options: storage.StoreOptions | None = None,
-                     overwrite: bool = False, align_corners: bool = True, native_size: int = 512,
+                     overwrite: bool = False, align_corners: bool = True, native_size: int | None = None,
                      onnx: bool = False) -> str:
     """Writes a bryandlee/animegan2-pytorch generator checkpoint (``face_paint_512_v2.pt``, ``paprika.pt``, ...:
     a state dict saved with ``torch.save``; local path or s3://) as model package ``name``; returns its URI.
@@ -450,11 +455,12 @@ def import_animegan2(path_or_uri: str, name: str, store_uri: str, options: stora
     The file must hold exactly the 77 tensors of ``nets.AnimeGANv2Generator``; anything else is a PackageError
     that names the missing, unexpected or mis-shaped keys, and nothing is written. ``align_corners``: the resize
     the outputs are computed with (the port's released weights were made with True); ``native_size``: the size
-    the package says it was trained at (512 for the face_paint weights)."""
+    the package says it was trained at (default 512, the face_paint weights')."""
     from ray_ganime.nets import AnimeGANv2Generator
 
     uri = package_uri(store_uri, name)  # a bad name fails before anything is read
     net = AnimeGANv2Generator(align_corners=align_corners)
+    native_size = 512 if native_size is None else native_size  # the face_paint_512 weights'
     _check_native_size(native_size, net.size_multiple)
     if onnx:
         _require_onnx()
@@ -485,7 +491,13 @@ def import_junyanz(kind: str, path_or_uri: str, name: str, store_uri: str,
     netG, norm = netG or JUNYANZ_DEFAULTS[kind][0], norm or JUNYANZ_DEFAULTS[kind][1]
     if netG not in JUNYANZ_NETS:
         raise PackageError(f"unknown --netG {netG!r} (expected one of {', '.join(JUNYANZ_NETS)})")
+    if norm not in ("batch", "instance"):  # their code has no bias with "none", ours keeps one: never the same
+        raise PackageError(f"unknown --norm {norm!r} (expected batch or instance)")
     cls, args, trained_at = JUNYANZ_NETS[netG]
+    unet = cls == "UNetGenerator"
+    multiple = 2 ** args["num_downs"] if unet else 4
+    native_size = max(trained_at, multiple) if native_size is None else native_size
+    _check_native_size(native_size, multiple)
     uri = package_uri(store_uri, name)
     if onnx:
         _require_onnx()
@@ -493,7 +505,6 @@ def import_junyanz(kind: str, path_or_uri: str, name: str, store_uri: str,
     source, data, state = _read_checkpoint(path_or_uri, options)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
-    unet = cls == "UNetGenerator"
     first = "model.model.0.weight" if unet else "model.1.weight"
     if first not in state or state[first].dim() != 4:
         raise PackageError(f"{source}: not a {netG} state dict: no {first} (is it another --netG?)")
@@ -511,8 +522,9 @@ def import_junyanz(kind: str, path_or_uri: str, name: str, store_uri: str,
         net.load_canonical_state_dict(state)
     except ValueError as e:
         raise PackageError(f"{source}: {e} (a --netG {netG}, --norm {norm} file was expected)") from None
-    native_size = native_size or max(trained_at, net.size_multiple)
-    _check_native_size(native_size, net.size_multiple)
+    if (args["in_channels"], args["out_channels"]) != (3, 3):
+        raise PackageError(f"{source}: serving takes and gives RGB; this generator maps {args['in_channels']} "
+                           f"channels to {args['out_channels']}")
     spec = {"class": cls, "args": args, "native_size": native_size,
             "channels": (args["in_channels"], args["out_channels"])}
     return _write_imported(net, spec, name, store_uri, kind, source, data, options, onnx, overwrite)

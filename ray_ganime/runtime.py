@@ -91,8 +91,8 @@ def check_port_free(host: str, port: int) -> None:
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> bool:
     """Join the cluster at ``address`` / $RAY_ADDRESS (e.g. under ``ray job submit``), else start a new
     local one (never silently joining a cluster someone else started on this machine), with the auth
-    mode ray_ganime/__init__.py set before ray was imported. True when it started a Ray that ends with
-    this process."""
+    mode set before ray was imported (ray_ganime/__init__.py; token for the CLI's own Ray, cli.py). True when
+    it started a Ray that ends with this process."""
     address = address or os.environ.get("RAY_ADDRESS")
     started = False
     if ray.is_initialized():

@@ -94,8 +94,9 @@ _RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
 def load_mapped_state_dict(net: nn.Module, mapping: Mapping[str, str], state_dict: Mapping[str, torch.Tensor],
                            what: str) -> None:
     """Loads ``state_dict``, whose keys are another code base's names of ``net``'s (``mapping``: ours -> theirs),
-    into ``net``. Instance norms' running statistics (checkpoints of PyTorch < 0.4 hold them; canonical drops
-    them on load too) are ignored, as is a batch norm's missing ``num_batches_tracked`` (PyTorch < 0.4.1).
+    into ``net``. Running statistics ``net`` has no place for are ignored (instance norms': checkpoints of
+    PyTorch < 0.4 hold them, and canonical drops them on load too), as is a batch norm's missing
+    ``num_batches_tracked`` (PyTorch < 0.4.1).
     Missing, unexpected or mis-shaped keys raise ``ValueError`` naming the first few, ``what`` the format."""
     theirs = set(mapping.values())
     state_dict = {k: v for k, v in state_dict.items()
