@@ -432,9 +432,8 @@ def _write_imported(net: nn.Module, spec: dict, name: str, store_uri: str, kind:
                     options: storage.StoreOptions | None, onnx: bool, overwrite: bool) -> str:
     from ray_ganime.recipes.base import image_side
 
-    channels = spec.pop("channels")
-    spec.update(kind=IMAGE_TO_IMAGE, direction="", input=image_side("A", channels[0]),
-                output=image_side("B", channels[1]), size_multiple=net.size_multiple)
+    spec.update(kind=IMAGE_TO_IMAGE, direction="", input=image_side("A"), output=image_side("B"),
+                size_multiple=net.size_multiple)
     training = {"imported_from": source, "source_format": IMPORT_SOURCES[kind], "source_sha256": _sha256(data)}
     recipe = "animeganv2" if kind == "animegan2" else kind  # the recipe that trains this kind of package here
     return write_package(net.eval(), spec, name, store_uri, recipe=recipe, training=training, source=source,
@@ -468,7 +467,7 @@ def import_animegan2(path_or_uri: str, name: str, store_uri: str, options: stora
     source, data, state = _read_checkpoint(path_or_uri, options)
     net.load_state_dict(_checked_state_dict(state, net, source), strict=True)
     spec = {"class": "AnimeGANv2Generator", "args": {"align_corners": bool(align_corners)},
-            "native_size": native_size, "channels": (3, 3)}
+            "native_size": native_size}
     return _write_imported(net, spec, name, store_uri, "animegan2", source, data, options, onnx, overwrite)
 
 
@@ -482,8 +481,8 @@ def import_junyanz(kind: str, path_or_uri: str, name: str, store_uri: str,
 
     ``kind`` ("pix2pix" or "cyclegan") sets the defaults of that code's train.py (``unet_256`` + batch norm,
     ``resnet_9blocks`` + instance norm). Channels, ``ngf`` (unless given) and ResNet dropout layers are read off
-    the file; a ``module.`` prefix (DataParallel) is dropped. A file of another ``netG`` or norm is a PackageError
-    naming the first keys that do not match; nothing is written."""
+    the file; a ``module.`` prefix (DataParallel) is dropped. A file of another ``netG`` or norm, or a generator
+    that is not RGB -> RGB (serving's), is a PackageError naming what does not match; nothing is written."""
     from ray_ganime.nets import build_generator
 
     if kind not in JUNYANZ_DEFAULTS:
@@ -525,8 +524,7 @@ def import_junyanz(kind: str, path_or_uri: str, name: str, store_uri: str,
     if (args["in_channels"], args["out_channels"]) != (3, 3):
         raise PackageError(f"{source}: serving takes and gives RGB; this generator maps {args['in_channels']} "
                            f"channels to {args['out_channels']}")
-    spec = {"class": cls, "args": args, "native_size": native_size,
-            "channels": (args["in_channels"], args["out_channels"])}
+    spec = {"class": cls, "args": args, "native_size": native_size}
     return _write_imported(net, spec, name, store_uri, kind, source, data, options, onnx, overwrite)
 
 
