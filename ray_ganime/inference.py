@@ -80,6 +80,19 @@ def scan_servable(store_uri: str, options: storage.StoreOptions | None = None,
     return export.Listing(packages, sorted(broken, key=lambda b: b["name"]))
 
 
+# Generators have a smallest input they can run: a ResNet's reflect paddings at its bottleneck need 8 px, and
+# AnimeGAN's and CartoonGAN's convolutions similar. Smaller uploads (a 4 x 4 icon) are padded up to this.
+MIN_SIDE = 32
+
+
+def _pad_up(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` (H, W, C) with its last row / column repeated until both sides are at least ``side``."""
+    height, width = image.shape[:2]
+    if height >= side and width >= side:
+        return image
+    return np.pad(image, ((0, max(side - height, 0)), (0, max(side - width, 0)), (0, 0)), mode="edge")
+
+
 class Generator:
     """A loaded model package. ``meta`` is its model.json (plus ``uri``). ``precision``: see the module's doc."""
 
@@ -130,10 +143,11 @@ class Generator:
 
     def translate(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Each uint8 (H, W, 3) image through the generator (after ``prepare``), output (H, W, 3); one forward
-        per size."""
+        per size. Sides under ``MIN_SIDE`` are padded up (edge pixels repeated) and the output cropped back."""
         if self.kind != export.IMAGE_TO_IMAGE:
             raise ValueError(f"{self.name} is a {self.kind} model: it takes a seed, not an image")
-        images = [self.prepare(image) for image in images]
+        sizes = [image.shape[:2] for image in images]
+        images = [_pad_up(self.prepare(image), MIN_SIDE) for image in images]
         outputs: list[np.ndarray | None] = [None] * len(images)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, image in enumerate(images):
@@ -141,7 +155,7 @@ class Generator:
         for indices in by_shape.values():
             batch = self._to_input(np.stack([images[i] for i in indices]))
             for i, out in zip(indices, self._run(batch)):
-                outputs[i] = out
+                outputs[i] = out[:sizes[i][0], :sizes[i][1]]
         return outputs
 
     def latents(self, seed: int, n: int, truncation: float | None = None) -> torch.Tensor:

@@ -139,3 +139,27 @@ def test_device_side_conversions_are_bitwise_those_of_transforms(generators):
     y = torch.linspace(-1.2, 1.2, 3 * 19 * 23 * 3).reshape(3, 3, 19, 23).to(g.device)
     assert np.array_equal(transforms.to_uint8(y), transforms.to_uint8(y.cpu().numpy()))
     assert np.array_equal(transforms.to_uint8(y.to(torch.bfloat16)), transforms.to_uint8(y.to(torch.bfloat16).cpu()))
+
+
+def test_tiny_images_are_padded_up_not_refused(tmp_path):
+    """A ResNet (CycleGAN) generator needs 8 px at least, AnimeGANv2's reflect paddings a few: smaller uploads are
+    padded up to MIN_SIDE and cropped back, as large ones are padded to a multiple (no 500 for a 4 x 4 icon)."""
+    from ray_ganime.nets import AnimeGANv2Generator, ResNetGenerator
+    from ray_ganime.recipes.base import image_side
+
+    nets = {"resnet": (ResNetGenerator(ngf=8, n_blocks=2), {"ngf": 8, "n_blocks": 2}, "ResNetGenerator", 4),
+            "animegan2": (AnimeGANv2Generator(), {}, "AnimeGANv2Generator", 1)}
+    for name, (net, args, cls, multiple) in nets.items():
+        spec = {"class": cls, "args": args, "kind": export.IMAGE_TO_IMAGE, "input": image_side("A"),
+                "output": image_side("B"), "native_size": 32, "size_multiple": multiple}
+        export.write_package(net.eval(), spec, name, str(tmp_path), recipe="test")
+        g = inference.Generator.load(str(tmp_path / "models" / name), "cpu", precision="float32")
+        for size in [(4, 4), (1, 1), (3, 50), (31, 7)]:
+            out, = g.translate([random_image(*size)])
+            assert out.shape == (*size, 3), (name, size)
+        image = random_image(inference.MIN_SIDE, 40)  # big enough: not padded, as before
+        with torch.no_grad():
+            expected = transforms.to_uint8(g.model(transforms.to_tensor(image[None])))[0]
+        assert np.abs(g.translate([image])[0].astype(int) - expected.astype(int)).max() <= 1
+    with pytest.raises(ValueError, match="needs H and W >= 8"):
+        nets["resnet"][0](torch.zeros(1, 3, 4, 4))  # what the padding spares the server
