@@ -13,7 +13,7 @@ import zlib
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 # Refuse decompression bombs: an anime frame or page is far below this (8k x 8k).
 MAX_PIXELS = 8192 * 8192
@@ -27,6 +27,9 @@ class BadImage(ValueError):
 
 class TooLarge(BadImage):
     """An image refused for its pixel count alone (a decompression bomb, or over MAX_PIXELS)."""
+
+
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 def probe(data: bytes) -> tuple[int, int, str]:
@@ -51,8 +54,9 @@ def probe(data: bytes) -> tuple[int, int, str]:
 def decode_rgb(data: bytes, max_side: int | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode any PIL-readable image to uint8 RGB (H, W, 3).
 
-    Transparent pixels are composited onto white (line art and cels are drawn on white paper).
-    Truncated files raise BadImage instead of decoding half an image.
+    Transparent pixels are composited onto white (line art and cels are drawn on white paper). An EXIF
+    orientation (a phone photo held upright) is applied, as viewers show the image: ingest, training data and
+    serving all decode here, so they agree. Truncated files raise BadImage instead of decoding half an image.
 
     ``max_side``: the caller shrinks the result to fit that side next. JPEGs then decode at the smallest of
     1/1, 1/2, 1/4, 1/8 scale (libjpeg's DCT scaling) that still covers it: a fraction of the time and memory,
@@ -69,10 +73,13 @@ def decode_rgb(data: bytes, max_side: int | None = None, max_pixels: int = MAX_P
             if im.width * im.height > max_pixels:
                 at = f" (decoding at {im.width}x{im.height})" if im.size != (width, height) else ""
                 raise TooLarge(f"{width}x{height}{at} is over the limit of {max_pixels} pixels")
-            fast = _decode_png_cv2(data, im)
+            upright = im.getexif().get(ORIENTATION, 1) in (0, 1)
+            fast = _decode_png_cv2(data, im) if upright else None
             if fast is not None:
                 return fast
             im.load()
+            if not upright:
+                im = ImageOps.exif_transpose(im)
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 rgba = im if im.mode == "RGBA" else im.convert("RGBA")
                 im_rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
@@ -94,7 +101,7 @@ def _decode_png_cv2(data: bytes, im: Image.Image) -> np.ndarray | None:
         return None
     if not data.endswith(PNG_END):  # truncated (or trailing bytes): PIL decides, as it always did
         return None
-    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # PIL does not rotate by EXIF either
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # only called for upright images
     try:
         bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error:

@@ -186,6 +186,27 @@ def test_shard_writer_rolls_shards_by_size_and_abort_leaves_nothing(tmp_path):
         shards.read_manifest(str(tmp_path / "broken"))
 
 
+def test_decode_rgb_applies_the_exif_orientation():
+    """A phone's JPEG stored 64 wide x 32 high with Orientation=6 (rotate 90 degrees clockwise to view) decodes
+    upright, 32 wide x 64 high, as PIL's ImageOps.exif_transpose shows it; PNG the same way."""
+    from PIL import Image
+
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, :8] = (255, 0, 0)  # a red band on the stored image's left edge: on top once rotated clockwise
+    for fmt in ("JPEG", "PNG"):
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        buffer = io.BytesIO()
+        Image.fromarray(stored).save(buffer, format=fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG"
+                                                                                  else {}))
+        image = images.decode_rgb(buffer.getvalue())
+        assert image.shape == (64, 32, 3), fmt
+        assert image[:8, :, 0].mean() > 200 and image[-8:, :, 0].mean() < 40, fmt
+        plain = io.BytesIO()
+        Image.fromarray(stored).save(plain, format=fmt)
+        assert images.decode_rgb(plain.getvalue()).shape == (32, 64, 3), fmt  # no tag: as stored
+
+
 def test_decode_rgb_handles_modes_and_refuses_bombs():
     gray = Image.new("L", (4, 4), 128)
     rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent -> white paper
