@@ -204,6 +204,9 @@ def _metrics_summary(metrics: dict, direction: str = "") -> str:
         parts.append(f"val L1 {val[f'val_l1{suffix}']:.4f}")
     if f"val_fid{suffix}" in val:
         parts.append(f"val FID {val[f'val_fid{suffix}']:.4g} [{val.get('val_fid_backbone')}]")
+    # The recipe's own measures (CycleGAN's val_cycle_l1, AnimeGAN's val_content / val_color)
+    parts += [f"{k} {v:.4g}" for k, v in val.items() if not k.startswith(("val_ssim", "val_l1", "val_fid"))
+              and k != "val_images" and isinstance(v, (int, float)) and not isinstance(v, bool)]
     ev = metrics.get("evaluation")
     if ev:
         backbone = ev.get("fid_backbone") or {}

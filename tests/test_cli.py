@@ -83,3 +83,12 @@ def test_bad_input_is_one_clear_error(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("ganime: error:") and message in err
+
+
+def test_a_package_summary_shows_the_recipes_own_validation_measures():
+    from ray_ganime.cli import _metrics_summary
+
+    metrics = {"validation": {"val_cycle_l1": 0.29851, "val_cycle_l1_a": 0.25, "val_images": 16,
+                              "val_split": "test"}}
+    assert _metrics_summary(metrics, "a2b") == "val_cycle_l1 0.2985, val_cycle_l1_a 0.25"
+    assert _metrics_summary({}) == "none recorded"
