@@ -7,6 +7,7 @@ very last step that turns a batch into float tensors for a network.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 import zlib
@@ -45,7 +46,7 @@ def probe(data: bytes) -> tuple[int, int, str]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise TooLarge(f"refused, too many pixels: {e}") from None
     except Exception as e:  # PIL raises many types for garbage input
-        raise BadImage(f"not an image: {type(e).__name__}: {e}") from None
+        raise BadImage(f"not an image: {type(e).__name__}: {_without_repr(e)}") from None
     if width * height > MAX_PIXELS:
         raise TooLarge(f"refused, {width}x{height} is over the {MAX_PIXELS}-pixel limit")
     return width, height, fmt
@@ -89,7 +90,12 @@ def decode_rgb(data: bytes, max_side: int | None = None, max_pixels: int = MAX_P
     except BadImage:
         raise
     except Exception as e:
-        raise BadImage(f"cannot decode: {type(e).__name__}: {e}") from None
+        raise BadImage(f"cannot decode: {type(e).__name__}: {_without_repr(e)}") from None
+
+
+def _without_repr(error: Exception) -> str:
+    """PIL's message without the in-memory file's repr (``<_io.BytesIO object at 0x...>``): no use to a reader."""
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(error))
 
 
 def _decode_png_cv2(data: bytes, im: Image.Image) -> np.ndarray | None:

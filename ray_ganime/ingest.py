@@ -49,7 +49,8 @@ class Candidate:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    """Files under ``folder``, and links to files that are gone (so that they are listed as skipped, with why)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() or (p.is_symlink() and not p.exists()))
 
 
 def _rel_id(path: Path, root: Path) -> str:
@@ -131,6 +132,9 @@ def _process(layout: str, c: Candidate, opts: IngestOptions) -> dict:
     """Candidate -> shard row (without split); raises BadImage / ValueError with the reason to skip."""
     if c.extra.get("orphan"):
         raise ValueError("no matching file in A/")
+    for p in c.sources:
+        if p.is_symlink() and not p.exists():
+            raise ValueError(f"a symbolic link to a file that does not exist ({os.readlink(p)})")
     if layout == "paired-concat":
         image = images.decode_rgb(c.sources[0].read_bytes())
         h, w = image.shape[:2]

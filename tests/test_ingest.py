@@ -23,13 +23,16 @@ def jpeg(seed: int, w: int = 24, h: int = 16) -> bytes:
 
 
 def add_bad_files(folder: Path) -> dict[str, str]:
-    """Zero-byte, truncated, non-image and garbage files; returns name -> expected reason fragment."""
+    """Zero-byte, truncated, non-image and garbage files, and a link to a file that is gone; returns name ->
+    expected reason fragment."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "empty.png").write_bytes(b"")
     (folder / "truncated.png").write_bytes(png(99, 64, 64)[:200])
     (folder / "notes.txt").write_text("not an image")
     (folder / "garbage.jpg").write_bytes(np.random.default_rng(5).bytes(500))
-    return {"empty.png": "empty", "truncated.png": "", "notes.txt": "not an image", "garbage.jpg": "not an image"}
+    (folder / "dangling.png").symlink_to(folder / "deleted.png")
+    return {"empty.png": "empty", "truncated.png": "", "notes.txt": "not an image", "garbage.jpg": "not an image",
+            "dangling.png": "a symbolic link to a file that does not exist"}
 
 
 def test_paired_concat_splits_halves_and_lists_bad_files(tmp_path):
@@ -45,11 +48,11 @@ def test_paired_concat_splits_halves_and_lists_bad_files(tmp_path):
     manifest = ingest("paired-concat", src, str(tmp_path / "ds"), IngestOptions(seed=3), progress=False)
 
     assert manifest["kind"] == "paired"
-    # the seeded 80/20 split is drawn over the files found (14), before bad ones are dropped
+    # the seeded 80/20 split is drawn over the files found (15), before bad ones are dropped
     assert manifest["counts"]["train"] + manifest["counts"]["test"] == 10 and manifest["counts"]["test"] >= 1
     assert sorted(s["source"] for s in manifest["skipped"]) == sorted(bad)
     for s in manifest["skipped"]:
-        assert bad[s["source"]] in s["reason"]
+        assert bad[s["source"]] in s["reason"] and "BytesIO" not in s["reason"], s
     rows = shards.read_rows(str(tmp_path / "ds"))
     assert len(rows) == 10
     for row in rows:
@@ -109,7 +112,7 @@ def test_unpaired_takes_split_and_domain_from_folders(tmp_path):
     add_bad_files(src / "trainB")
     manifest = ingest("unpaired", src, str(tmp_path / "ds"), progress=False)
     assert manifest["counts"] == {"test/A": 2, "test/B": 1, "train/A": 5, "train/B": 4}
-    assert len(manifest["skipped"]) == 4
+    assert len(manifest["skipped"]) == 5  # add_bad_files' five
     assert {s["path"].rsplit("/", 1)[0] for s in manifest["shards"]} == {"train/A", "train/B", "test/A", "test/B"}
     for shard in manifest["shards"]:
         table = pq.read_table(tmp_path / "ds" / shard["path"])
