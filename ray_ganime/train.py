@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -29,7 +30,7 @@ import torch
 import yaml
 
 from ray_ganime import checkpoints, images, preview, shards, storage, transforms
-from ray_ganime.config import Config
+from ray_ganime.config import Config, ConfigError
 from ray_ganime.data import Pixels, ShardData
 from ray_ganime.recipes import recipe_class
 
@@ -388,6 +389,34 @@ def train_loop(loop_config: dict) -> None:
 # ------------------------------------------------------------------------------------ the driver
 
 
+def check_resources(cfg: Config, extra_cpus: float = 0.0) -> bool:
+    """Whether the run uses GPUs (``train.use_gpu``, or auto: the cluster has some), after checking that the
+    connected Ray can ever hold it: its workers, plus ``data.task_cpus`` for Ray Data's decode tasks (without a
+    CPU left for them the input pipeline stalls) and ``extra_cpus`` (a sweep trial's driver). On this machine's
+    own Ray, too much is a one-line ConfigError naming the keys to change (Ray Train would wait a minute, fail,
+    and retry for ever); a cluster joined through $RAY_ADDRESS may scale up, so it is told what is waited for."""
+    import ray
+
+    total = ray.cluster_resources()
+    t = cfg.train
+    use_gpu = t.use_gpu if t.use_gpu is not None else total.get("GPU", 0) > 0
+    need = {"CPU": t.num_workers * t.cpus_per_worker + cfg.data.task_cpus + extra_cpus,
+            **({"GPU": float(t.num_workers)} if use_gpu else {})}
+    if all(v <= total.get(k, 0) + 1e-9 for k, v in need.items()):
+        return use_gpu
+    wants = (f"train.num_workers {t.num_workers} x train.cpus_per_worker {t.cpus_per_worker:g}"
+             + (" (and a GPU each)" if use_gpu else "") + f" + data.task_cpus {cfg.data.task_cpus:g}"
+             + (f" + {extra_cpus:g} for the sweep's trial driver" if extra_cpus else ""))
+    needs = ", ".join(f"{v:g} {k}" for k, v in need.items())
+    has = ", ".join(f"{total.get(k, 0):g} {k}" for k in need)
+    if os.environ.get("RAY_ADDRESS", "local") != "local":
+        print(f"waiting for the cluster to offer {needs} ({wants}); it has {has} now", flush=True)
+        return use_gpu
+    raise ConfigError(f"this machine's Ray has {has}, the run needs {needs} ({wants}): lower "
+                      f"train.cpus_per_worker or train.num_workers" + (", or set train.use_gpu: false"
+                                                                       if use_gpu else ""))
+
+
 def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
         checkpoint_epochs: tuple[int, ...] = ()) -> dict:
     """Train ``cfg`` on the connected Ray cluster; returns where the run, its checkpoint and metrics are.
@@ -417,14 +446,10 @@ def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
     uri = run_uri or default_run_uri(cfg, name)
     storage.check_writable(uri, options)
     resume = resume_point(uri, cfg.train.resume_from, options)
+    init_ray()
+    use_gpu = check_resources(cfg)  # before anything is written: a run that cannot start leaves no folder
     storage.write_bytes(storage.join(uri, "config.yaml"),
                         yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode(), options)
-
-    init_ray()
-
-    use_gpu = cfg.train.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     runs = storage.resolve(uri.rstrip("/").rsplit("/", 1)[0], options)
     trainer = TorchTrainer(

@@ -231,6 +231,9 @@ def run(tree: dict, resume: str | None = None) -> dict:
     options = cfg.store.options()
 
     init_ray()
+    from ray_ganime import train
+
+    train.check_resources(cfg, extra_cpus=t.driver_cpus)  # a trial that can never start is an error now
     sweeps = storage.resolve(storage.join(cfg.store.uri, "sweeps"), options)
     concurrency = t.max_concurrent_trials or default_concurrency(cfg)
     scheduler = _scheduler(cfg, concurrency)

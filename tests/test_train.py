@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +24,7 @@ from runs import (LEARN_DATASET, SMALL_DATASET, make_cfg, max_abs_diff, meta, me
                   stop_and_rerun, timed_fit, unique)
 
 from ray_ganime import checkpoints, images, metrics, shards, storage, train, transforms
+from ray_ganime.config import ConfigError
 from ray_ganime.demo import ensure_synthetic
 from ray_ganime.recipes import recipe_class
 
@@ -328,3 +330,22 @@ def test_validator_scores_the_subset_without_touching_the_rng(tmp_path):
     assert scores["val_ssim"] == pytest.approx(float(np.mean(metrics.ssim(transforms.to_uint8(fake),
                                                                           validate.images["color"]))))
     assert np.isfinite(scores["val_fid"]) and "RANDOM" in scores["val_fid_backbone"]
+
+
+def test_a_run_this_machine_cannot_hold_is_one_line_before_ray_train_starts(store, capsys):
+    """cpus_per_worker 4 on the suite's 2-CPU Ray: Ray Train would wait a minute, fail and retry for ever."""
+    from ray_ganime.cli import main
+
+    cfg = make_cfg(store, unique("too-big"), "train.cpus_per_worker=4")
+    started = time.monotonic()
+    argv = ["train", "--store", store, *[a for o in ("recipe=pix2pix", "train.cpus_per_worker=4", "model.ngf=8",
+                                                      "data.task_cpus=0.5", f"data.uri={cfg.data.uri}")
+                                         for a in ("--set", o)]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ganime: error: this machine's Ray has 2 CPU, the run needs "
+                                                   "4.5 CPU (train.num_workers 1 x train.cpus_per_worker 4 + "
+                                                   "data.task_cpus 0.5): lower train.cpus_per_worker"), err
+    with pytest.raises(ConfigError, match="the run needs 4.75 CPU .* 0.25 for the sweep's trial driver"):
+        train.check_resources(cfg, extra_cpus=0.25)
+    assert time.monotonic() - started < 30
