@@ -448,6 +448,11 @@ def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
     resume = resume_point(uri, cfg.train.resume_from, options)
     init_ray()
     use_gpu = check_resources(cfg)  # before anything is written: a run that cannot start leaves no folder
+    first = resume["epoch"] if resume else 0
+    factor, o = recipe.lr_rule()(first), cfg.optim
+    print(f"learning rate, epoch {first + 1}: G {o.lr_g * factor:.3g}, D {o.lr_d * factor:.3g} ({o.schedule}"
+          + (f", decay over the last {min(o.decay_epochs, cfg.train.epochs)} of {cfg.train.epochs} epochs"
+             if o.schedule == "linear" and o.decay_epochs else "") + ")", flush=True)
     storage.write_bytes(storage.join(uri, "config.yaml"),
                         yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode(), options)
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}

@@ -274,6 +274,14 @@ def test_linear_decay_is_unchanged_for_pix2pix():
     assert lr_factors(recipe, 4) == pytest.approx([1.0, 1.0, 2 / 3, 1 / 3], rel=1e-12)
 
 
+@no_step_warning
+def test_a_run_shorter_than_its_decay_starts_at_the_full_lr():
+    """CycleGAN's config decays over 100 epochs; `--set train.epochs=3` used to start at 1 - 98/101 of the LR."""
+    recipe = build("pix2pix", "train.epochs=3", "optim.decay_epochs=100")
+    assert [recipe.lr_rule()(e) for e in range(3)] == pytest.approx([3 / 4, 2 / 4, 1 / 4], rel=1e-12)
+    assert recipe.learning_rates() == pytest.approx({"lr_G": 2e-4 * 3 / 4, "lr_D": 2e-4 * 3 / 4}, rel=1e-12)
+
+
 # ------------------------------------------------------------------------------------ precision and kernels
 
 

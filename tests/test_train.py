@@ -278,7 +278,7 @@ def test_training_raises_held_out_ssim(store):
 
 @pytest.mark.ray
 @pytest.mark.parametrize("max_failures", [0, 3, -1])
-def test_fit_passes_max_failures_and_resources_to_ray_train(store, monkeypatch, max_failures):
+def test_fit_passes_max_failures_and_resources_to_ray_train(store, monkeypatch, max_failures, capsys):
     """What fit hands to Ray Train, without starting workers (a real worker crash and recovery would cost
     two more fits; the recovery itself is Ray's, from the last checkpoint get_checkpoint() returns)."""
     import ray.train.torch
@@ -294,8 +294,11 @@ def test_fit_passes_max_failures_and_resources_to_ray_train(store, monkeypatch, 
 
     monkeypatch.setattr(ray.train.torch, "TorchTrainer", FakeTrainer)
     cfg = make_cfg(store, unique("failures"), f"train.max_failures={max_failures}", "train.num_workers=2",
-                   "train.keep_checkpoints=2")
+                   "train.keep_checkpoints=2", "train.epochs=6", "optim.decay_epochs=100")
     out = train.fit(cfg)
+    # The first epoch's LR, said at start: a run shorter than its decay starts at 6/7 of lr_g, not at 7/101.
+    assert "learning rate, epoch 1: G 0.000171, D 0.000171 (linear, decay over the last 6 of 6 epochs)" in \
+        capsys.readouterr().out
     assert out["checkpoint"] is None and out["metrics"] == {"epoch": 0}
     assert seen["loop"] is train.train_loop
     run_config = seen["run_config"]

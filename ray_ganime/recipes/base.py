@@ -65,7 +65,10 @@ def set_requires_grad(net: nn.Module, flag: bool) -> None:
 
 
 def linear_decay(epochs: int, decay_epochs: int) -> Callable[[int], float]:
-    """pix2pix's LR rule: 1.0 until ``epochs - decay_epochs``, then linearly towards 0."""
+    """pix2pix's LR rule: 1.0 until ``epochs - decay_epochs``, then linearly towards 0. A run shorter than its
+    decay (``--set train.epochs=6`` on a config that decays over 100) decays over all its epochs from the full LR,
+    instead of starting deep inside the decay at a few percent of it."""
+    decay_epochs = min(decay_epochs, epochs)
     start = epochs - decay_epochs
     return lambda epoch: 1.0 - max(0, epoch + 1 - start) / float(decay_epochs + 1)
 
@@ -211,11 +214,15 @@ class Recipe:
         fused = self.device.type == "cuda"
         return {"fused": fused, "foreach": not fused}
 
-    def build_schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
-        """One per optimiser, stepped after every epoch: ``optim.schedule`` (linear decay or step decay)."""
+    def lr_rule(self) -> Callable[[int], float]:
+        """Epoch -> the factor on each optimiser's LR (``optim.schedule``: linear decay or step decay)."""
         o = self.cfg.optim
-        rule = (step_decay(o.step_epochs, o.step_gamma) if o.schedule == "step"
+        return (step_decay(o.step_epochs, o.step_gamma) if o.schedule == "step"
                 else linear_decay(self.cfg.train.epochs, o.decay_epochs))
+
+    def build_schedulers(self) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
+        """One per optimiser, stepped after every epoch: ``lr_rule``."""
+        rule = self.lr_rule()
         return {k: torch.optim.lr_scheduler.LambdaLR(opt, rule) for k, opt in self.optimizers.items()}
 
     def directions(self) -> dict[str, Direction]:
