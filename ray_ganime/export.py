@@ -392,11 +392,17 @@ JUNYANZ_NETS = {"unet_256": ("UNetGenerator", {"num_downs": 8}, 256),
 JUNYANZ_DEFAULTS = {"pix2pix": ("unet_256", "batch"), "cyclegan": ("resnet_9blocks", "instance")}
 
 
-def _read_checkpoint(path_or_uri: str, options: storage.StoreOptions | None) -> tuple[str, bytes, dict]:
-    """(source URI, file bytes, state dict) of a checkpoint read with ``weights_only=True`` (no code runs);
-    a PackageError unless it is a mapping of names to tensors."""
+def _read_checkpoint(path_or_uri: str, name: str, store_uri: str, options: storage.StoreOptions | None,
+                     onnx: bool, overwrite: bool) -> tuple[str, bytes, dict]:
+    """(source URI, file bytes, state dict) of a checkpoint to import as package ``name``, read with
+    ``weights_only=True`` (no code runs) once the package name, ONNX support and ``overwrite`` allow writing
+    it; a PackageError unless it is a mapping of names to tensors."""
     import io
 
+    uri = package_uri(store_uri, name)  # a bad name fails before anything is read
+    if onnx:
+        _require_onnx()
+    _refuse_existing(uri, overwrite, options)
     source = storage.join(path_or_uri)
     data = storage.read_bytes(source, options)
     try:
@@ -457,14 +463,10 @@ def import_animegan2(path_or_uri: str, name: str, store_uri: str, options: stora
     the package says it was trained at (default 512, the face_paint weights')."""
     from ray_ganime.nets import AnimeGANv2Generator
 
-    uri = package_uri(store_uri, name)  # a bad name fails before anything is read
     net = AnimeGANv2Generator(align_corners=align_corners)
     native_size = 512 if native_size is None else native_size  # the face_paint_512 weights'
     _check_native_size(native_size, net.size_multiple)
-    if onnx:
-        _require_onnx()
-    _refuse_existing(uri, overwrite, options)
-    source, data, state = _read_checkpoint(path_or_uri, options)
+    source, data, state = _read_checkpoint(path_or_uri, name, store_uri, options, onnx, overwrite)
     net.load_state_dict(_checked_state_dict(state, net, source), strict=True)
     spec = {"class": "AnimeGANv2Generator", "args": {"align_corners": bool(align_corners)},
             "native_size": native_size}
@@ -497,11 +499,7 @@ def import_junyanz(kind: str, path_or_uri: str, name: str, store_uri: str,
     multiple = 2 ** args["num_downs"] if unet else 4
     native_size = max(trained_at, multiple) if native_size is None else native_size
     _check_native_size(native_size, multiple)
-    uri = package_uri(store_uri, name)
-    if onnx:
-        _require_onnx()
-    _refuse_existing(uri, overwrite, options)
-    source, data, state = _read_checkpoint(path_or_uri, options)
+    source, data, state = _read_checkpoint(path_or_uri, name, store_uri, options, onnx, overwrite)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     first = "model.model.0.weight" if unet else "model.1.weight"
