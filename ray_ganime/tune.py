@@ -180,16 +180,14 @@ def run_trial(params: dict, base: dict, sweep_uri: str, rungs: tuple[int, ...] =
               checkpoint_epochs=rungs)
 
 
-def default_concurrency(cfg: Config) -> int:
+def default_concurrency(cfg: Config, use_gpu: bool) -> int:
     """Trials that fit at once: by GPUs (each trial's workers take one each), else by CPUs, keeping one
     CPU free for Ray Data's decode tasks (without it every trial's input pipeline stalls)."""
     import ray
 
     resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0)
-    use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else gpus > 0
     if use_gpu:
-        return max(1, int(gpus // cfg.train.num_workers))
+        return max(1, int(resources.get("GPU", 0) // cfg.train.num_workers))
     per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + cfg.tune.driver_cpus
     return max(1, int((resources.get("CPU", 1) - 1) // per_trial))
 
@@ -233,9 +231,9 @@ def run(tree: dict, resume: str | None = None) -> dict:
     init_ray()
     from ray_ganime import train
 
-    train.check_resources(cfg, extra_cpus=t.driver_cpus)  # a trial that can never start is an error now
+    use_gpu = train.check_resources(cfg, extra_cpus=t.driver_cpus)  # a trial that can never start: an error now
     sweeps = storage.resolve(storage.join(cfg.store.uri, "sweeps"), options)
-    concurrency = t.max_concurrent_trials or default_concurrency(cfg)
+    concurrency = t.max_concurrent_trials or default_concurrency(cfg, use_gpu)
     scheduler = _scheduler(cfg, concurrency)
     rungs = tuple(getattr(scheduler, "rungs", ()))  # ASHA's: every trial checkpoints there
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, sweep_uri=uri, rungs=rungs),
