@@ -1,4 +1,5 @@
-"""The training engine: any registered recipe on Ray Train (DDP over N workers, CPU or GPU).
+"""The training engine: any registered recipe on Ray Train (DDP over N workers, CPU or GPU), or in this process
+(``train.num_workers: 0``, Ray Train's local mode: no worker actors to start; a debugger sees the loop).
 
 Per run, under <store>/runs/<run_name>/:
     checkpoint_epoch_NNNN/   Ray Train checkpoints (ray_ganime.checkpoints: state.pt, and meta.json with
@@ -15,8 +16,10 @@ state, from the newest checkpoint that passes its check (newer ones that fail ar
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -24,6 +27,7 @@ import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -296,17 +300,62 @@ def _start_state(loop_config: dict, options: storage.StoreOptions | None) -> dic
     return checkpoints.load(resume["uri"], options)[0] if resume else None
 
 
+class LocalRun:
+    """What Ray Train's controller does with a worker's reports, for a run in this process (``train.num_workers:
+    0``, where Ray's local mode keeps only the last report): each checkpoint is copied into the run folder
+    (state.pt before the meta.json that vouches for it), checkpoints beyond ``train.keep_checkpoints`` are
+    deleted oldest first, and every report goes to the callbacks (``after_report``, as Ray Train calls them)."""
+
+    def __init__(self, uri: str, options: storage.StoreOptions | None, keep: int | None, callbacks: tuple,
+                 use_gpu: bool):
+        self.uri, self.options, self.keep, self.callbacks = uri, options, keep, callbacks
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+
+    def report(self, metrics: dict, folder: str | None = None) -> None:
+        import ray.train
+
+        checkpoint = None
+        if folder is not None:
+            target = storage.join(self.uri, checkpoints.folder_name(metrics["epoch"]))
+            if storage.exists(target, self.options):  # an epoch trained again after its checkpoint was skipped
+                storage.remove(target, recursive=True, options=self.options)
+            for name in (checkpoints.STATE_FILE, checkpoints.META_FILE):
+                storage.upload(os.path.join(folder, name), storage.join(target, name), self.options)
+            if self.keep:
+                for old in checkpoints.run_checkpoints(self.uri, self.options)[self.keep:]:
+                    storage.remove(old, recursive=True, options=self.options)
+            loc = storage.resolve(target, self.options)
+            checkpoint = ray.train.Checkpoint(loc.path, filesystem=loc.pa_fs)
+        ray.train.report(metrics, checkpoint=checkpoint)  # the fit's result: its last report
+        for callback in self.callbacks:
+            callback.after_report(None, [metrics], checkpoint)
+
+
+@contextlib.contextmanager
+def worker_threads(cpus: float) -> Iterator[None]:
+    """Torch's CPU threads as Ray gives a worker of ``cpus`` CPUs (OMP_NUM_THREADS, unless set: floor, at least
+    1), so that local mode computes bit for bit what a Ray Train worker would."""
+    before = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(math.floor(cpus), 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_loop(loop_config: dict) -> None:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker (or, in local mode, in the driver: ``loop_config["local"]``)."""
     import ray.train
     import ray.train.torch
     from torch.nn.parallel import DistributedDataParallel
 
     cfg = Config.model_validate(loop_config["cfg"])
     uri, options = loop_config["run_uri"], cfg.store.options()
+    local: LocalRun | None = loop_config.get("local")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+    device = local.device if local else ray.train.torch.get_device()
 
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     recipe = recipe_class(cfg.recipe)(cfg, device, rank=rank)
@@ -376,8 +425,13 @@ def train_loop(loop_config: dict) -> None:
             with tempfile.TemporaryDirectory() as folder:
                 if rank == 0:
                     save_checkpoint(Path(folder), recipe, cfg, epoch + 1, step, metrics, ranks)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0 else None,
-                                 checkpoint_dir_name=checkpoints.folder_name(epoch + 1))
+                if local:
+                    local.report(metrics, folder)
+                else:
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if rank == 0
+                                     else None, checkpoint_dir_name=checkpoints.folder_name(epoch + 1))
+        elif local:
+            local.report(metrics)
         else:
             ray.train.report(metrics)
         if epoch + 1 == cfg.train.stop_after:
@@ -399,9 +453,15 @@ def check_resources(cfg: Config, extra_cpus: float = 0.0) -> bool:
 
     total = ray.cluster_resources()
     t = cfg.train
-    use_gpu = t.use_gpu if t.use_gpu is not None else total.get("GPU", 0) > 0
+    if t.num_workers == 0:  # local mode: this process trains, on its own GPU if it sees one
+        use_gpu = torch.cuda.is_available() if t.use_gpu is None else t.use_gpu
+        if use_gpu and not torch.cuda.is_available():
+            raise ConfigError("train.use_gpu: true, but this process sees no CUDA device (train.num_workers 0 "
+                              "trains in this process)")
+    else:
+        use_gpu = t.use_gpu if t.use_gpu is not None else total.get("GPU", 0) > 0
     need = {"CPU": t.num_workers * t.cpus_per_worker + cfg.data.task_cpus + extra_cpus,
-            **({"GPU": float(t.num_workers)} if use_gpu else {})}
+            **({"GPU": float(t.num_workers)} if use_gpu and t.num_workers else {})}
     if all(v <= total.get(k, 0) + 1e-9 for k, v in need.items()):
         return use_gpu
     wants = (f"train.num_workers {t.num_workers} x train.cpus_per_worker {t.cpus_per_worker:g}"
@@ -455,26 +515,34 @@ def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
              if o.schedule == "linear" and o.decay_epochs else "") + ")", flush=True)
     storage.write_bytes(storage.join(uri, "config.yaml"),
                         yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode(), options)
-    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    t = cfg.train
+    loop_config = {"cfg": cfg.model_dump(mode="json"), "run_uri": uri, "dataset_uri": data.uri, "resume": resume,
+                   "checkpoint_epochs": list(checkpoint_epochs)}
+    if t.num_workers == 0:  # Ray's local mode calls train_loop here: the LocalRun goes in as it is
+        loop_config["local"] = LocalRun(uri, options, t.keep_checkpoints, callbacks, use_gpu)
+        scaling = ray.train.ScalingConfig(num_workers=0)
+    else:
+        scaling = ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker={
+            "CPU": t.cpus_per_worker, **({"GPU": 1} if use_gpu else {})})
     runs = storage.resolve(uri.rstrip("/").rsplit("/", 1)[0], options)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_uri": uri, "dataset_uri": data.uri,
-                           "resume": resume, "checkpoint_epochs": list(checkpoint_epochs)},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources),
+        train_loop_config=loop_config,
+        scaling_config=scaling,
         run_config=ray.train.RunConfig(
             name=name, storage_path=runs.path, storage_filesystem=runs.pa_fs,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures), callbacks=list(callbacks),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            callbacks=[] if t.num_workers == 0 else list(callbacks),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
         datasets=data.stream_datasets(recipe_cls.streams),
         # One worker reads whole streams: no split, so no split-coordinator actor per stream to start and
         # synchronise with every epoch (the same rows in the same order).
         dataset_config=ray.train.DataConfig(
-            datasets_to_split="all" if cfg.train.num_workers > 1 else [],
+            datasets_to_split="all" if t.num_workers > 1 else [],
             execution_options=ray.data.ExecutionOptions(preserve_order=cfg.data.deterministic)),
     )
-    result = trainer.fit()
+    with worker_threads(t.cpus_per_worker) if t.num_workers == 0 else contextlib.nullcontext():
+        result = trainer.fit()
     checkpoint = result.checkpoint
     skipped, reasons = data.skipped()
     if skipped:

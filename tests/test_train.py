@@ -1,10 +1,10 @@
 """The training engine end to end on the shared local Ray: DDP sync, exact resume, learning, S3.
 
-Every ``fit`` costs 30-100 s of fixed overhead on a small, loaded machine (worker group, Ray Data
-executor), so there are only six, as module-scoped fixtures shared by several tests: a 2-worker run on
-S3 (DDP sync + S3), three for the exact resume (uninterrupted, stopped, continued), one resume_from and
-one learning run. Train workers take half a CPU each (``train.cpus_per_worker=0.5``): with whole CPUs
-Ray Data gets none and the run hangs.
+A fit on Ray Train workers costs seconds of fixed overhead (controller and worker actors), so only what only
+Ray Train shows runs there: the 2-worker run on S3 (DDP sync + S3) and the exact resume's rerun, which also
+shows that a worker trains bit for bit as local mode (``train.num_workers=0``) does. The rest trains in
+this process. Train workers take half a CPU each (``train.cpus_per_worker=0.5``): with whole CPUs Ray Data
+gets none and the run hangs.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 import torch
-from runs import (LEARN_DATASET, SMALL_DATASET, make_cfg, max_abs_diff, meta, metrics_lines, saved_state,
-                  stop_and_rerun, timed_fit, unique)
+from runs import (LEARN_DATASET, LOCAL, SMALL_DATASET, make_cfg, max_abs_diff, meta, metrics_lines,
+                  saved_state, stop_and_rerun, timed_fit, unique)
 
 from ray_ganime import checkpoints, images, metrics, shards, storage, train, transforms
 from ray_ganime.config import ConfigError
@@ -189,7 +189,8 @@ RESUME_LRS = [2e-4, 2e-4, 2e-4 * 2 / 3, 2e-4 / 3]
 
 @pytest.fixture(scope="module")
 def resume_runs(store) -> dict:
-    return stop_and_rerun(make_cfg, store, "resume", *RESUME)
+    """The uninterrupted run and the first half in this process, the rerun on a Ray Train worker."""
+    return stop_and_rerun(make_cfg, store, "resume", *RESUME, rerun=())
 
 
 @pytest.mark.ray
@@ -235,7 +236,7 @@ def test_resume_from_starts_a_new_run_at_the_checkpoint_epoch(store, resume_runs
     a = resume_runs["a"]
     source = str(Path(a["run"]) / "checkpoint_epoch_0002")
     out = timed_fit(make_cfg(store, unique("resume-c"), *RESUME, f"train.resume_from={source}",
-                             "train.stop_after=3"))
+                             "train.stop_after=3", LOCAL))
     assert out["run"] != a["run"] and Path(out["run"]).parent == Path(a["run"]).parent
     assert meta(out["checkpoint"])["epoch"] == 3 and out["metrics"]["epoch"] == 3
     assert [m["epoch"] for m in metrics_lines(out["run"])] == [3]  # nothing before the checkpoint's epoch
@@ -249,11 +250,30 @@ def test_resume_from_starts_a_new_run_at_the_checkpoint_epoch(store, resume_runs
     assert [m["epoch"] for m in metrics_lines(a["run"])] == [1, 2, 3, 4]
 
 
+@pytest.mark.s3
+def test_local_mode_keeps_its_checkpoints_in_the_run_folder_and_reports_to_callbacks(s3_store):
+    """train.num_workers=0 on S3: what Ray Train's controller would do with the reports, done by LocalRun."""
+    reports = []
+
+    class Recorder:
+        def after_report(self, run_context, metrics, checkpoint):
+            reports.append((metrics[0]["epoch"], checkpoint and checkpoint.path))
+
+    cfg = make_cfg(s3_store, unique("local"), LOCAL, "train.epochs=3", "train.keep_checkpoints=2")
+    ensure_synthetic(*SMALL_DATASET, cfg)
+    out = train.fit(cfg, callbacks=(Recorder(),))
+    assert out["checkpoint"] == f"{out['run']}/checkpoint_epoch_0003" and out["metrics"]["epoch"] == 3
+    assert checkpoints.run_checkpoints(out["run"]) == [f"{out['run']}/checkpoint_epoch_000{e}" for e in (3, 2)]
+    assert checkpoints.verify(out["checkpoint"])["epoch"] == 3
+    assert reports == [(e, f"{out['run']}/checkpoint_epoch_000{e}".removeprefix("s3://")) for e in (1, 2, 3)]
+    assert [m["epoch"] for m in metrics_lines(out["run"])] == [1, 2, 3]
+
+
 # ------------------------------------------------------------------------------------ learning
 
-# 2 epochs over the 240 training pairs: 120 steps, ~50-80 s on this machine.
+# 2 epochs over the 240 training pairs: 120 steps.
 LEARN = ("model.ngf=16", "model.ndf=16", "data.batch_size=4", "data.shuffle_buffer=64",
-         "train.epochs=2", "train.max_steps_per_epoch=null", "train.checkpoint_every=100", "train.seed=1")
+         "train.epochs=2", "train.max_steps_per_epoch=null", "train.checkpoint_every=100", "train.seed=1", LOCAL)
 
 
 @pytest.mark.ray
