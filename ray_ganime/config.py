@@ -98,7 +98,8 @@ class OptimConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(150, ge=1)
-    # 0: train in this process (Ray Train's local mode: no worker actors; for debugging and small checks)
+    # 0: the training loop in this process, without Ray Train (no worker actors; debugging, small runs, sweeps
+    # of small models: each trial trains in its own Tune actor)
     num_workers: int = Field(1, ge=0)
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     cpus_per_worker: float = Field(1.0, gt=0)  # fractional on small machines, so Ray Data keeps CPUs

@@ -1,5 +1,5 @@
 """The training engine: any registered recipe on Ray Train (DDP over N workers, CPU or GPU), or in this process
-(``train.num_workers: 0``, Ray Train's local mode: no worker actors to start; a debugger sees the loop).
+(``train.num_workers: 0``: the same loop without Ray Train, no worker actors to start; a debugger sees it).
 
 Per run, under <store>/runs/<run_name>/:
     checkpoint_epoch_NNNN/   Ray Train checkpoints (ray_ganime.checkpoints: state.pt, and meta.json with
@@ -287,12 +287,10 @@ class RunLog:
         storage.write_bytes(storage.join(self.uri, "samples", f"epoch_{epoch:04d}.png"), png, self.options)
 
 
-def _start_state(loop_config: dict, options: storage.StoreOptions | None) -> dict | None:
+def _start_state(loop_config: dict, options: storage.StoreOptions | None, registered) -> dict | None:
     """The state a worker starts from: the driver's ``resume_point``, unless Ray restarts the workers after a
-    failure and has registered a newer checkpoint of this fit since."""
-    import ray.train
-
-    resume, registered = loop_config["resume"], ray.train.get_checkpoint()
+    failure and has registered a newer checkpoint of this fit since (``registered``, get_checkpoint's)."""
+    resume = loop_config["resume"]
     if registered is not None:
         uri = storage.join(loop_config["run_uri"], _name(registered.path))
         if resume is None or checkpoints.epoch_of(uri) > resume["epoch"]:
@@ -301,15 +299,18 @@ def _start_state(loop_config: dict, options: storage.StoreOptions | None) -> dic
 
 
 class LocalRun:
-    """What Ray Train's controller does with a worker's reports, for a run in this process (``train.num_workers:
-    0``, where Ray's local mode keeps only the last report): each checkpoint is copied into the run folder
-    (state.pt before the meta.json that vouches for it), checkpoints beyond ``train.keep_checkpoints`` are
-    deleted oldest first, and every report goes to the callbacks (``after_report``, as Ray Train calls them)."""
+    """Ray Train's part in a run, for the loop run in this process (``train.num_workers: 0``; Ray Train's own
+    local mode cannot run inside a Tune trial): rank 0 of 1, the streams' datasets unsplit, and what its
+    controller does with a report: each checkpoint copied into the run folder (state.pt before the meta.json
+    that vouches for it), checkpoints beyond ``train.keep_checkpoints`` deleted oldest first, every report
+    passed to the callbacks (``after_report``, as Ray Train calls them); the last is the fit's result."""
 
     def __init__(self, uri: str, options: storage.StoreOptions | None, keep: int | None, callbacks: tuple,
-                 use_gpu: bool):
-        self.uri, self.options, self.keep, self.callbacks = uri, options, keep, callbacks
+                 use_gpu: bool, datasets: dict):
+        self.uri, self.options, self.keep, self.callbacks, self.datasets = uri, options, keep, callbacks, datasets
         self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.metrics: dict = {}
+        self.checkpoint: str | None = None
 
     def report(self, metrics: dict, folder: str | None = None) -> None:
         import ray.train
@@ -326,7 +327,8 @@ class LocalRun:
                     storage.remove(old, recursive=True, options=self.options)
             loc = storage.resolve(target, self.options)
             checkpoint = ray.train.Checkpoint(loc.path, filesystem=loc.pa_fs)
-        ray.train.report(metrics, checkpoint=checkpoint)  # the fit's result: its last report
+            self.checkpoint = target
+        self.metrics = metrics
         for callback in self.callbacks:
             callback.after_report(None, [metrics], checkpoint)
 
@@ -345,7 +347,7 @@ def worker_threads(cpus: float) -> Iterator[None]:
 
 
 def train_loop(loop_config: dict) -> None:
-    """Runs on every Ray Train worker (or, in local mode, in the driver: ``loop_config["local"]``)."""
+    """Runs on every Ray Train worker, or in this process with a ``LocalRun`` as ``loop_config["local"]``."""
     import ray.train
     import ray.train.torch
     from torch.nn.parallel import DistributedDataParallel
@@ -353,9 +355,11 @@ def train_loop(loop_config: dict) -> None:
     cfg = Config.model_validate(loop_config["cfg"])
     uri, options = loop_config["run_uri"], cfg.store.options()
     local: LocalRun | None = loop_config.get("local")
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = local.device if local else ray.train.torch.get_device()
+    if local:
+        rank, world, device = 0, 1, local.device
+    else:
+        context = ray.train.get_context()
+        rank, world, device = context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device()
 
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     recipe = recipe_class(cfg.recipe)(cfg, device, rank=rank)
@@ -367,14 +371,14 @@ def train_loop(loop_config: dict) -> None:
         torch.manual_seed(cfg.train.seed + rank)  # but each rank its own dropout masks
 
     start_epoch, step = 0, 0
-    state = _start_state(loop_config, options)
+    state = _start_state(loop_config, options, registered=None if local else ray.train.get_checkpoint())
     if state is not None:
         recipe.load_state_dict(state["recipe"])
         start_epoch, step = state["epoch"], state["global_step"]
         restore_rank_state(state, recipe, rank, world)
     data = ShardData(loop_config["dataset_uri"], cfg.data, options, device=device)
     streams = type(recipe).streams
-    sources = {stream: ray.train.get_dataset_shard(stream) for stream in streams}
+    sources = local.datasets if local else {stream: ray.train.get_dataset_shard(stream) for stream in streams}
     log = RunLog(uri, options, start_epoch) if rank == 0 else None
     fixed = _to_device(_fixed_sample_batch(data, recipe), device, cfg.train.channels_last) if rank == 0 else None
     validate = Validator(data, cfg, recipe, device) if rank == 0 and cfg.eval.val_images else None
@@ -383,15 +387,17 @@ def train_loop(loop_config: dict) -> None:
     for epoch in range(start_epoch, cfg.train.epochs):
         started, sums, n_steps, n_images = time.perf_counter(), defaultdict(float), 0, 0
         recipe.epoch = epoch
-        for batch in data.train_batches(sources, streams, epoch):
-            batch = _to_device(batch, device, cfg.train.channels_last)
-            recipe.global_step = step
-            losses = recipe.train_step(batch)
-            for k, v in losses.items():  # tensors: no host sync per step
-                sums[k] = sums[k] + v
-            n_steps, n_images, step = n_steps + 1, n_images + len(batch["id"]), step + 1
-            if cfg.train.max_steps_per_epoch and n_steps >= cfg.train.max_steps_per_epoch:
-                break
+        # Closed when left early (max_steps_per_epoch): in local mode this process outlives the epoch's iterators.
+        with contextlib.closing(data.train_batches(sources, streams, epoch)) as batches:
+            for batch in batches:
+                batch = _to_device(batch, device, cfg.train.channels_last)
+                recipe.global_step = step
+                losses = recipe.train_step(batch)
+                for k, v in losses.items():  # tensors: no host sync per step
+                    sums[k] = sums[k] + v
+                n_steps, n_images, step = n_steps + 1, n_images + len(batch["id"]), step + 1
+                if cfg.train.max_steps_per_epoch and n_steps >= cfg.train.max_steps_per_epoch:
+                    break
         if n_steps == 0:
             raise ValueError(f"epoch {epoch + 1}: no batches (fewer training examples than data.batch_size "
                              f"{cfg.data.batch_size} per worker?)")
@@ -518,34 +524,34 @@ def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
     t = cfg.train
     loop_config = {"cfg": cfg.model_dump(mode="json"), "run_uri": uri, "dataset_uri": data.uri, "resume": resume,
                    "checkpoint_epochs": list(checkpoint_epochs)}
-    if t.num_workers == 0:  # Ray's local mode calls train_loop here: the LocalRun goes in as it is
-        loop_config["local"] = LocalRun(uri, options, t.keep_checkpoints, callbacks, use_gpu)
-        scaling = ray.train.ScalingConfig(num_workers=0)
+    datasets = data.stream_datasets(recipe_cls.streams)
+    if t.num_workers == 0:
+        local = LocalRun(uri, options, t.keep_checkpoints, callbacks, use_gpu, datasets)
+        with worker_threads(t.cpus_per_worker):
+            train_loop({**loop_config, "local": local})
+        metrics, checkpoint = local.metrics, local.checkpoint
     else:
-        scaling = ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker={
-            "CPU": t.cpus_per_worker, **({"GPU": 1} if use_gpu else {})})
-    runs = storage.resolve(uri.rstrip("/").rsplit("/", 1)[0], options)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=loop_config,
-        scaling_config=scaling,
-        run_config=ray.train.RunConfig(
-            name=name, storage_path=runs.path, storage_filesystem=runs.pa_fs,
-            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            callbacks=[] if t.num_workers == 0 else list(callbacks),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
-        datasets=data.stream_datasets(recipe_cls.streams),
-        # One worker reads whole streams: no split, so no split-coordinator actor per stream to start and
-        # synchronise with every epoch (the same rows in the same order).
-        dataset_config=ray.train.DataConfig(
-            datasets_to_split="all" if t.num_workers > 1 else [],
-            execution_options=ray.data.ExecutionOptions(preserve_order=cfg.data.deterministic)),
-    )
-    with worker_threads(t.cpus_per_worker) if t.num_workers == 0 else contextlib.nullcontext():
+        runs = storage.resolve(uri.rstrip("/").rsplit("/", 1)[0], options)
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=loop_config,
+            scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker={
+                "CPU": t.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+            run_config=ray.train.RunConfig(
+                name=name, storage_path=runs.path, storage_filesystem=runs.pa_fs,
+                failure_config=ray.train.FailureConfig(max_failures=t.max_failures), callbacks=list(callbacks),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints)),
+            datasets=datasets,
+            # One worker reads whole streams: no split, so no split-coordinator actor per stream to start and
+            # synchronise with every epoch (the same rows in the same order).
+            dataset_config=ray.train.DataConfig(
+                datasets_to_split="all" if t.num_workers > 1 else [],
+                execution_options=ray.data.ExecutionOptions(preserve_order=cfg.data.deterministic)),
+        )
         result = trainer.fit()
-    checkpoint = result.checkpoint
+        metrics = dict(result.metrics or {})
+        checkpoint = checkpoints.uri_of(cfg.store.uri, result.checkpoint.path) if result.checkpoint else None
     skipped, reasons = data.skipped()
     if skipped:
         print(f"skipped {skipped} rows that did not decode, e.g. {reasons[:3]}")
-    return {"run": uri, "name": name, "metrics": dict(result.metrics or {}), "skipped_rows": skipped,
-            "checkpoint": checkpoints.uri_of(cfg.store.uri, checkpoint.path) if checkpoint else None}
+    return {"run": uri, "name": name, "metrics": metrics, "skipped_rows": skipped, "checkpoint": checkpoint}

@@ -176,8 +176,25 @@ def run_trial(params: dict, base: dict, sweep_uri: str, rungs: tuple[int, ...] =
 
     cfg = from_tree(apply_params(base, flat_params(params)))
     trial_id = storage.check_name(tune.get_context().get_trial_id(), "trial name")
-    train.fit(cfg, run_uri=storage.join(sweep_uri, "runs", trial_id), callbacks=(TuneReportCallback(),),
-              checkpoint_epochs=rungs)
+    reporter = TuneReportCallback() if cfg.train.num_workers else ReportToTune()
+    train.fit(cfg, run_uri=storage.join(sweep_uri, "runs", trial_id), callbacks=(reporter,), checkpoint_epochs=rungs)
+
+
+class ReportToTune:
+    """A local-mode trial's reports (train.num_workers 0: the trial's own actor trains) straight to Tune, as
+    TuneReportCallback passes a Ray Train worker's on."""
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        from ray import tune
+
+        tune.report({**metrics[0], **({"checkpoint_path": checkpoint.path} if checkpoint else {})})
+
+
+def trial_resources(cfg: Config, use_gpu: bool) -> dict[str, float]:
+    """What each trial's own actor holds: the driver of its Ray Train run, or in local mode the trainer."""
+    if cfg.train.num_workers == 0:
+        return {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    return {"CPU": cfg.tune.driver_cpus}
 
 
 def default_concurrency(cfg: Config, use_gpu: bool) -> int:
@@ -187,8 +204,8 @@ def default_concurrency(cfg: Config, use_gpu: bool) -> int:
 
     resources = ray.cluster_resources()
     if use_gpu:
-        return max(1, int(resources.get("GPU", 0) // cfg.train.num_workers))
-    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + cfg.tune.driver_cpus
+        return max(1, int(resources.get("GPU", 0) // max(cfg.train.num_workers, 1)))
+    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + trial_resources(cfg, use_gpu)["CPU"]
     return max(1, int((resources.get("CPU", 1) - 1) // per_trial))
 
 
@@ -231,13 +248,14 @@ def run(tree: dict, resume: str | None = None) -> dict:
     init_ray()
     from ray_ganime import train
 
-    use_gpu = train.check_resources(cfg, extra_cpus=t.driver_cpus)  # a trial that can never start: an error now
+    # A trial that can never start: an error now.
+    use_gpu = train.check_resources(cfg, extra_cpus=trial_resources(cfg, use_gpu=False)["CPU"])
     sweeps = storage.resolve(storage.join(cfg.store.uri, "sweeps"), options)
     concurrency = t.max_concurrent_trials or default_concurrency(cfg, use_gpu)
     scheduler = _scheduler(cfg, concurrency)
     rungs = tuple(getattr(scheduler, "rungs", ()))  # ASHA's: every trial checkpoints there
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, sweep_uri=uri, rungs=rungs),
-                                    {"CPU": t.driver_cpus})
+                                    trial_resources(cfg, use_gpu))
     if resume:
         experiment = storage.resolve(uri, options)
         if not tune.Tuner.can_restore(experiment.path, storage_filesystem=experiment.pa_fs):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from runs import sets
+from runs import LOCAL, sets
 from servers import REPO, free_ports, start_ganime_serve, stop_group, wait_for_serving
 from serving import random_image
 
@@ -129,8 +129,7 @@ def test_a_short_sweep_over_the_cycle_weight_exports_its_best(store, tmp_path):
     config["eval"]["val_fid"] = False  # the cycle error needs no Inception
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))
-    tiny = [o for o in TINY if not o.startswith("train.epochs")] + ["train.epochs=1", "train.num_workers=1",
-                                                                     "data.uri=unpaired-40"]
+    tiny = [o for o in TINY if not o.startswith("train.epochs")] + ["train.epochs=1", LOCAL, "data.uri=unpaired-40"]
     assert main(["tune", str(path), "--name", "cg-sweep", "--store", str(store), *sets(tiny)]) == 0
     sweep = store / "sweeps" / "cg-sweep"
     import pandas as pd

@@ -1,16 +1,16 @@
 """CycleGAN on the training engine (shared local Ray): exact resume including the image pools, and learning
 measured by the cycle reconstruction error (two workers: tests/test_cyclegan_e2e.py).
 
-Synthetic unpaired data (domain A soft renders, B flat cels), 32 px, ResNet generators with 2 blocks. Every
-``fit`` costs 65-170 s on this shared 2-core machine, so there are four: three for the exact resume
-(uninterrupted, stopped, continued) and one learning run. The run helpers are tests/runs.py's.
+Synthetic unpaired data (domain A soft renders, B flat cels), 32 px, ResNet generators with 2 blocks. Four
+fits, all in this process (local mode: what is recipe-level needs no Ray Train workers): three for the exact
+resume (uninterrupted, stopped, continued) and one learning run. The run helpers are tests/runs.py's.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from runs import max_abs_diff, meta, metrics_lines, saved_state, stop_and_rerun, timed_fit, unique
+from runs import LOCAL, max_abs_diff, meta, metrics_lines, saved_state, stop_and_rerun, timed_fit, unique
 
 from ray_ganime import train
 from ray_ganime.config import load_config
@@ -110,9 +110,9 @@ def test_stop_after_then_rerun_equals_an_uninterrupted_run_pools_included(resume
 
 # ------------------------------------------------------------------------------------ learning
 
-# 2 epochs of 30 steps (the longer domain, 123 images, in batches of 4): ~65-95 s on this machine.
+# 2 epochs of 30 steps (the longer domain, 123 images, in batches of 4).
 LEARN = ("model.ngf=16", "model.ndf=16", "data.batch_size=4", "data.shuffle_buffer=64", "eval.val_images=24",
-         "train.epochs=2", "train.max_steps_per_epoch=null", "train.checkpoint_every=100", "train.seed=1")
+         "train.epochs=2", "train.max_steps_per_epoch=null", "train.checkpoint_every=100", "train.seed=1", LOCAL)
 
 
 def untrained_cycle_l1(cfg) -> float:

@@ -3,10 +3,12 @@ over AnimeGANv2's colour weight (configs/animegan_sweep.yaml, ranked by val_fid)
 config, both through an init phase then adversarial training -> evaluated (the sweep's best by the sweep,
 CartoonGAN's by `ganime evaluate`; FID labelled for random Inception and random VGG features) -> exported -> one
 `ganime serve` answers both, and an imported AnimeGANv2 checkpoint beside them (GET /v1/models says where each
-came from). Exact resume inside the init phase and across its end, through Ray: three more AnimeGANv2 fits.
+came from). Exact resume inside the init phase and across its end: three more AnimeGANv2 fits.
 
-Tiny everything (32 px, 3 steps an epoch, ndf 8): the plumbing from data to HTTP. Learning and the phases are
-checked without Ray (tests/test_photo2cartoon.py, tests/test_recipes.py).
+Tiny everything (32 px, 3 steps an epoch, ndf 8): the plumbing from data to HTTP. Everything trains in local
+mode (``train.num_workers=0``; the sweep's trials in their Tune actors): what Ray Train workers add is
+recipe-independent (tests/test_train.py, tests/test_cyclegan_e2e.py). Learning and the phases are checked
+without Ray (tests/test_photo2cartoon.py, tests/test_recipes.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 import yaml
 from servers import REPO, free_ports, start_ganime_serve, stop_group, wait_for_serving
 from serving import random_image
-from runs import max_abs_diff, metrics_lines, saved_state, sets, stop_and_rerun
+from runs import LOCAL, max_abs_diff, metrics_lines, saved_state, sets, stop_and_rerun
 
 from ray_ganime import images, inference
 from ray_ganime.cli import main
@@ -35,9 +37,9 @@ TINY = ["model.ndf=8", "data.load_size=36", "data.crop_size=32", "data.batch_siz
         "train.checkpoint_every=1", "train.sample_every=1", "eval.val_images=4", "eval.fid_weights=random",
         "eval.max_images=8", "loss.vgg_weights=random", "data.uri=unpaired-40"]
 # One init epoch (G alone, content loss) then one adversarial epoch.
-ANIME = [*TINY, "optim.init_epochs=1", "train.epochs=2", "train.num_workers=1"]
+ANIME = [*TINY, "optim.init_epochs=1", "train.epochs=2", LOCAL]
 CARTOON = [*TINY, "model.ngf=8", "model.n_blocks=1", "optim.init_epochs=1", "train.epochs=2",
-           "optim.step_epochs=[1]"]
+           "optim.step_epochs=[1]", LOCAL]
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,7 @@ def resume_cfg(store: str, name: str, *overrides: str):
     """AnimeGANv2 with 3 init epochs of 4: stop_and_rerun stops after epoch 2, inside the init phase, and the
     re-run crosses into adversarial training (a resume right after the init phase: tests/test_recipes.py)."""
     return load_config(str(REPO / "configs" / "animeganv2_hayao.yaml"),
-                       [f"store.uri={store}", f"train.run_name={name}", *TINY, "train.num_workers=1",
+                       [f"store.uri={store}", f"train.run_name={name}", *TINY,
                         "optim.init_epochs=3", "train.epochs=4", "train.sample_every=100", "eval.val_fid=false",
                         "data.deterministic=true", "train.seed=3", "data.seed=5", *overrides])
 

@@ -1,8 +1,9 @@
 """Sweeps: search spaces in the config, a 4-trial ASHA sweep on the shared local Ray, and resume after the
 tune driver is killed.
 
-Every trial is a real Ray Train run (30-90 s of fixed cost here), so there are two sweeps: the 4-trial
-ASHA sweep over the TV weight (module fixture, several tests read it) and the interrupted one.
+Trials train in their own Tune actor (local mode, ``train.num_workers: 0``): Tune's scheduling, reporting and
+resume are the same, without a Ray Train controller and worker group per trial. The killed ASHA sweep runs its
+trials on Ray Train workers: a paused trial that comes back continues a Ray Train run of the same name.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ TINY = {
     "model": {"ngf": 8, "ndf": 8},
     "data": {"uri": DATASET[0], "load_size": 36, "crop_size": 32, "batch_size": 4, "shuffle_buffer": 16,
              "map_batch_size": 64, "task_cpus": 0.5},
-    "train": {"epochs": 3, "cpus_per_worker": 0.5, "max_steps_per_epoch": 4, "checkpoint_every": 1,
-              "sample_every": 100},
+    "train": {"epochs": 3, "num_workers": 0, "cpus_per_worker": 0.5, "max_steps_per_epoch": 4,
+              "checkpoint_every": 1, "sample_every": 100},
     "eval": {"val_images": 16, "fid_weights": "random"},
 }
 
@@ -427,7 +428,7 @@ def test_a_killed_sweep_resumes_and_reports_every_trial_once(store, tmp_path):
 
 def test_a_killed_asha_sweep_resumes_its_paused_trials_from_their_rung(store, tmp_path):
     name = f"resume-asha-{uuid.uuid4().hex[:6]}"
-    tree = sweep_tree(store, loss={"tv": {"grid": [0.0, 1e-3, 1e-1]}}, train={"epochs": 3},
+    tree = sweep_tree(store, loss={"tv": {"grid": [0.0, 1e-3, 1e-1]}}, train={"epochs": 3, "num_workers": 1},
                       tune={"scheduler": "asha", "grace_period": 1, "reduction_factor": 3,
                             "max_concurrent_trials": 1, "export": False})
     before = _run_until_killed(tree, name, tmp_path, lambda statuses: "PAUSED" in statuses.values())
