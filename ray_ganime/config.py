@@ -57,6 +57,10 @@ class DataConfig(Section):
     # Keep row order through parallel decode tasks, so a fixed seed gives the same batches (and an
     # exact resume); turning it off lets fast tasks overtake slow ones, for a little more throughput.
     deterministic: bool = True
+    # A training stream whose decoded images (load_size, with their views) fit in this many MB is read and
+    # decoded once per run and held in Ray's object store for every epoch, instead of again each epoch
+    # (per-epoch crops, flips and shuffles still differ); 0: always stream.
+    cache_mb: float = Field(256.0, ge=0)
 
     @field_validator("uri")
     @classmethod

@@ -270,11 +270,20 @@ class ShardData:
                                    shuffle=shuffle, num_cpus=self.cfg.task_cpus)
         # Small shard sets arrive as one block; smaller blocks let the decode stage use every core.
         ds = ds.repartition(target_num_rows_per_block=self.cfg.map_batch_size * 4)
-        stage = self.decode_stage(self.cfg.load_size if train else self.cfg.crop_size, domain)
+        size = self.cfg.load_size if train else self.cfg.crop_size
+        stage = self.decode_stage(size, domain)
         ds = ds.map_batches(stage, batch_size=self.cfg.map_batch_size, batch_format="numpy",
                             fn_kwargs={"counter": self.skip_counter()}, num_cpus=self.cfg.task_cpus)
         ds.context.execution_options.preserve_order = self.cfg.deterministic
+        if train and self.decoded_mb(split, domain, size) <= self.cfg.cache_mb:
+            # In the file order every epoch reads anyway (the shuffle's seed is not re-drawn per execution).
+            ds = ds.materialize()
         return ds
+
+    def decoded_mb(self, split: str, domain: str | None, size: int) -> float:
+        """MB of a split's rows decoded at ``size``: every image column and its views, uint8 RGB."""
+        images = len(self.columns) + sum(len(views) for views in self.views(domain).values())
+        return self.count(split, domain) * images * size * size * 3 / 2**20
 
     def collate(self, epoch: int, train: bool = True, repeat: int = 0) -> Collate:
         return Collate(self.cfg.crop_size, self.cfg.flip and train, self.cfg.seed, epoch, train, repeat,

@@ -45,11 +45,12 @@ def timed_fit(cfg) -> dict:
 LOCAL = "train.num_workers=0"  # train in the test process (Ray Train's local mode): no worker actors to start
 
 
-def stop_and_rerun(make_cfg, store: str, prefix: str, *overrides: str, rerun: tuple[str, ...] = (LOCAL,)) -> dict:
+def stop_and_rerun(make_cfg, store: str, prefix: str, *overrides: str, rerun: tuple[str, ...] = (LOCAL,),
+                   uninterrupted: tuple[str, ...] = ()) -> dict:
     """Exact resume's three fits: "a" uninterrupted; "b1" the same run stopped after epoch 2 (train.stop_after);
     "b2" that run re-run under its name to the end. "a" and "b1" train in this process, "b2" with ``rerun``'s
-    overrides (``()``: on a Ray Train worker)."""
-    a = timed_fit(make_cfg(store, unique(f"{prefix}-a"), *overrides, LOCAL))
+    overrides (``()``: on a Ray Train worker); ``uninterrupted``: more overrides for "a"."""
+    a = timed_fit(make_cfg(store, unique(f"{prefix}-a"), *overrides, LOCAL, *uninterrupted))
     name_b = unique(f"{prefix}-b")
     b1 = timed_fit(make_cfg(store, name_b, *overrides, LOCAL, "train.stop_after=2"))
     b2 = timed_fit(make_cfg(store, name_b, *overrides, *rerun))

@@ -189,8 +189,9 @@ RESUME_LRS = [2e-4, 2e-4, 2e-4 * 2 / 3, 2e-4 / 3]
 
 @pytest.fixture(scope="module")
 def resume_runs(store) -> dict:
-    """The uninterrupted run and the first half in this process, the rerun on a Ray Train worker."""
-    return stop_and_rerun(make_cfg, store, "resume", *RESUME, rerun=())
+    """The uninterrupted run and the first half in this process, the rerun on a Ray Train worker; the
+    uninterrupted run streams and decodes its data every epoch, the others decode it once (data.cache_mb)."""
+    return stop_and_rerun(make_cfg, store, "resume", *RESUME, rerun=(), uninterrupted=("data.cache_mb=0",))
 
 
 @pytest.mark.ray
