@@ -13,8 +13,10 @@ Where each stage runs:
   features of the generated images, and for a paired direction per-image SSIM against the target on
   uint8 (tf.image.ssim) and the target's features in the same pass. Rows leave the actor as ``id``,
   ``ssim``, ``feat_fake``/``feat_real`` (2048 float32) -- never the images, except a few PNG-encoded
-  (input | output [| target]) rows for the sample sheet. An unpaired direction takes a second pass, over
-  the target domain's held-out split, whose actor holds Inception alone and gives ``feat_real``.
+  (input | output [| target]) rows for the sample sheet. An unpaired direction streams the source domain's
+  split and the target domain's as one dataset (a union, rows tagged ``fake``/``real``) through the same
+  actors, which give the source rows' ``feat_fake`` and the target rows' ``feat_real``: one actor pool to
+  start, not one per domain.
   (On a CPU-only cluster Ray Data fuses the decode stage into this actor; with a GPU it stays apart.)
 - The driver: streams those rows and accumulates SSIM and the feature moments in float64 (memory does
   not grow with the split: two 2048x2048 sums, plus the features themselves while there are fewer than
@@ -53,10 +55,22 @@ RANDOM_INIT_WARNING = "RANDOM-INIT INCEPTION: not a real FID"
 MAX_SAMPLES = 8  # (input, output[, target]) rows kept for samples.png
 
 
+class _Tag:
+    """An unpaired direction's rows as its actors take them: ``column`` as ``pixels``, tagged with ``role``
+    (fake: a source image to translate; real: a target-domain image), the same schema for both domains."""
+
+    def __init__(self, column: str, role: str) -> None:
+        self.column, self.role = column, role
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"id": batch["id"], "pixels": batch[self.column], "role": np.full(len(batch["id"]), self.role)}
+
+
 class _EvalUDF:
     """The Ray Data actor: generator + Inception loaded once; per batch the generated images' features, and the
-    target's features and SSIM when ``target_column`` pairs a target with each input. Without a generator it
-    gives the features of ``input_column`` as real images (an unpaired direction's target side)."""
+    target's features and SSIM when ``target_column`` pairs a target with each input. Batches of ``_Tag``ged
+    rows (an unpaired direction): ``feat_fake`` of the fake rows, ``feat_real`` of the real ones, NaN where a
+    row has none."""
 
     def __init__(self, generator: Any, fid_weights: str | None, use_gpu: bool, input_column: str,
                  target_column: str | None = None, num_samples: int = MAX_SAMPLES) -> None:
@@ -73,10 +87,8 @@ class _EvalUDF:
         if cuda:  # true float32 convolutions for the features (cuDNN defaults to TF32, ~1e-3 off)
             torch.backends.cudnn.conv.fp32_precision = "ieee"
         self.memory_format = torch.channels_last if cuda else torch.contiguous_format
-        self.generator = None
-        if generator is not None:
-            self.generator = generator.to(self.device, memory_format=self.memory_format).eval()
-            self.generator.requires_grad_(False)
+        self.generator = generator.to(self.device, memory_format=self.memory_format).eval()
+        self.generator.requires_grad_(False)
         self.inception, ident = metrics.load_fid_inception(fid_weights, self.device)
         self.inception = self.inception.to(memory_format=self.memory_format).eval()
         self.backbone = json.dumps(ident, sort_keys=True)
@@ -111,18 +123,29 @@ class _EvalUDF:
         if n and not self.reported:
             backbone[0], self.reported = self.backbone, True
         out = {"id": np.asarray(batch["id"], dtype=object), "backbone": backbone}
-        if self.generator is None:
-            return {**out, "feat_real": self._features(inputs)}
+        if "role" in batch:
+            return {**out, **self._unpaired(inputs, batch["role"] == "fake")}
         fake = self._generate(inputs)
         out["feat_fake"] = self._features(fake)
-        if self.target_column is None:
-            return {**out, "sample": self._samples(inputs, fake)}
         targets = batch[self.target_column]
         if fake.shape != targets.shape:
             raise ValueError(f"generator output {fake.shape} does not match the target batch {targets.shape}")
         out["feat_real"] = self._features(targets)
         out["ssim"] = np.asarray(metrics.ssim(fake, targets), np.float64).reshape(n)
         return {**out, "sample": self._samples(inputs, fake, targets)}
+
+    def _unpaired(self, pixels: np.ndarray, is_fake: np.ndarray) -> dict[str, np.ndarray]:
+        n, dim = len(pixels), metrics.FIDInceptionV3.FEATURE_DIM
+        out = {"feat_fake": np.full((n, dim), np.nan, np.float32), "feat_real": np.full((n, dim), np.nan, np.float32),
+               "sample": np.full(n, b"", dtype=object)}
+        if is_fake.any():
+            inputs = pixels[is_fake]
+            fake = self._generate(inputs)
+            out["feat_fake"][is_fake] = self._features(fake)
+            out["sample"][is_fake] = self._samples(inputs, fake)
+        if not is_fake.all():
+            out["feat_real"][~is_fake] = self._features(pixels[~is_fake])
+        return out
 
 
 def _cpu_module(generator: torch.nn.Module) -> torch.nn.Module:
@@ -150,8 +173,9 @@ class _Totals:
     def add(self, batch: dict[str, np.ndarray]) -> None:
         for key, moments in (("feat_fake", self.fake), ("feat_real", self.real)):
             if key in batch:
-                moments.add(batch[key])
-                self.ids[key].extend(str(i) for i in batch["id"])
+                rows = ~np.isnan(batch[key][:, 0])  # an unpaired batch: each row is one side's
+                moments.add(batch[key][rows])
+                self.ids[key].extend(str(i) for i in batch["id"][rows])
         if "ssim" in batch:
             self.scores.append(np.asarray(batch["ssim"], np.float64))
         self.backbones.update(b for b in batch["backbone"] if b)
@@ -213,26 +237,27 @@ def evaluate_generator(generator: torch.nn.Module, data: ShardData, direction: D
     use_gpu, concurrency = _actors(use_gpu, concurrency)
     split = data.held_out_split(split)
 
-    def stream(domain: str | None, **udf) -> Any:
-        """The actors' rows from one pass over ``domain`` of the split."""
+    def rows(domain: str | None) -> ray.data.Dataset:
         ds = data.dataset(split, train=False, domain=domain)
-        if max_images is not None:
-            ds = ds.limit(max_images)
-        pool = (ray.data.ActorPoolStrategy(size=concurrency) if isinstance(concurrency, int)
-                else ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1]))
-        ds = ds.map_batches(_EvalUDF, batch_size=batch_size, batch_format="numpy", compute=pool,
-                            num_gpus=1 if use_gpu else 0,
-                            fn_constructor_kwargs=dict(fid_weights=fid_weights, use_gpu=use_gpu, **udf))
-        return ds.iter_batches(batch_size=None, batch_format="numpy")
+        return ds if max_images is None else ds.limit(max_images)
 
-    generator_ref = ray.put(_cpu_module(generator))
+    if direction.paired:
+        ds, udf = rows(source_domain), {"input_column": input_column, "target_column": target_column}
+    else:
+        ds = rows(source_domain).map_batches(_Tag(input_column, "fake"), batch_format="numpy",
+                                             num_cpus=data.cfg.task_cpus)
+        ds = ds.union(rows(target_domain).map_batches(_Tag(target_column, "real"), batch_format="numpy",
+                                                      num_cpus=data.cfg.task_cpus))
+        udf = {"input_column": "pixels"}
+    pool = (ray.data.ActorPoolStrategy(size=concurrency) if isinstance(concurrency, int)
+            else ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1]))
+    ds = ds.map_batches(_EvalUDF, batch_size=batch_size, batch_format="numpy", compute=pool,
+                        num_gpus=1 if use_gpu else 0,
+                        fn_constructor_kwargs=dict(generator=[ray.put(_cpu_module(generator))],
+                                                   fid_weights=fid_weights, use_gpu=use_gpu, **udf))
     totals = _Totals(tiles=3 if direction.paired else 2)
-    for batch in stream(source_domain, generator=[generator_ref], input_column=input_column,
-                        target_column=target_column if direction.paired else None):
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         totals.add(batch)
-    if not direction.paired:
-        for batch in stream(target_domain, generator=None, input_column=target_column):
-            totals.add(batch)
 
     where = f"{data.uri} split {split!r}"
     n = totals.count("feat_fake", f"{where} ({direction.source})")
