@@ -270,6 +270,22 @@ def test_local_mode_keeps_its_checkpoints_in_the_run_folder_and_reports_to_callb
     assert [m["epoch"] for m in metrics_lines(out["run"])] == [1, 2, 3]
 
 
+def test_a_small_training_set_is_decoded_once_and_a_larger_one_streams(store):
+    """data.cache_mb: the decoded size of a stream (rows x images per row x load_size^2 x 3) decides."""
+    from ray.data.dataset import MaterializedDataset
+
+    from ray_ganime.data import ShardData
+
+    cfg = make_cfg(store, "unused")
+    data = ShardData.from_config(cfg)
+    size = data.decoded_mb("train", None, 36)
+    assert size == pytest.approx(data.count("train") * 2 * 36 * 36 * 3 / 2**20) and data.count("train") == 38
+    assert isinstance(data.dataset("train"), MaterializedDataset)
+    assert not isinstance(data.dataset("test", train=False), MaterializedDataset)  # evaluation always streams
+    cfg.data.cache_mb = size * 0.99
+    assert not isinstance(ShardData.from_config(cfg).dataset("train"), MaterializedDataset)
+
+
 # ------------------------------------------------------------------------------------ learning
 
 # 2 epochs over the 240 training pairs: 120 steps.

@@ -285,6 +285,17 @@ def test_an_objective_the_recipe_does_not_report_is_refused_before_ray_starts(tm
         tune.check_metric(from_tree({"recipe": recipe, "tune": {"metric": metric}}))  # reported: accepted
 
 
+def test_local_mode_trials_hold_the_trainer_and_ray_train_trials_the_driver(ray_session):
+    """On the suite's 2-CPU Ray, one CPU kept for Ray Data: local trials of 0.5 CPU fit two at a time."""
+    local = from_tree(sweep_tree("unused"))
+    on_workers = from_tree(sweep_tree("unused", train={"num_workers": 1}))
+    assert tune.trial_resources(local, use_gpu=False) == {"CPU": 0.5}
+    assert tune.trial_resources(local, use_gpu=True) == {"CPU": 0.5, "GPU": 1}
+    assert tune.trial_resources(on_workers, use_gpu=True) == {"CPU": 0.25}  # its workers take the GPUs
+    assert tune.default_concurrency(local, use_gpu=False) == 2
+    assert tune.default_concurrency(on_workers, use_gpu=False) == 1  # 0.5 + 0.25 each
+
+
 def test_resuming_a_sweep_that_does_not_exist_is_a_clear_error(tmp_path, capsys):
     assert main(["tune", "--resume", "nope", "--store", str(tmp_path)]) == 2
     assert "no sweep to resume" in capsys.readouterr().err
