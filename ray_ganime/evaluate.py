@@ -49,8 +49,8 @@ from ray_ganime import checkpoints, images, metrics, preview, storage, transform
 from ray_ganime.data import ShardData
 from ray_ganime.recipes import Direction
 
-__all__ = ["evaluate_generator", "evaluate_generators", "evaluate_checkpoint", "write_report", "write_reports", "summary_lines",
-           "RANDOM_INIT_WARNING", "MAX_SAMPLES"]
+__all__ = ["evaluate_generator", "evaluate_generators", "evaluate_checkpoint", "write_report", "write_reports",
+           "summary_lines", "RANDOM_INIT_WARNING", "MAX_SAMPLES"]
 
 RANDOM_INIT_WARNING = "RANDOM-INIT INCEPTION: not a real FID"
 MAX_SAMPLES = 8  # (input, output[, target]) rows kept for samples.png
