@@ -186,8 +186,9 @@ class ReportToTune:
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
         from ray import tune
+        from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
-        tune.report({**metrics[0], **({"checkpoint_path": checkpoint.path} if checkpoint else {})})
+        tune.report({**metrics[0], **({CHECKPOINT_PATH_KEY: checkpoint.path} if checkpoint else {})})
 
 
 def trial_resources(cfg: Config, use_gpu: bool) -> dict[str, float]:
@@ -327,6 +328,8 @@ def _scheduler(cfg: Config, concurrency: int):
 
 def trial_rows(grid, cfg: Config, uri: str, keys: list[str]) -> list[dict]:
     """One row per trial from its own run's metrics.jsonl (one line per epoch, also after a resume)."""
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY  # where either callback puts a checkpoint
+
     rows = []
     for result in grid:
         trial_id = result.metrics.get("trial_id") if result.metrics else None
@@ -337,7 +340,7 @@ def trial_rows(grid, cfg: Config, uri: str, keys: list[str]) -> list[dict]:
         history = [h for h in _history(run, cfg.store.options()) if h["epoch"] <= reported]
         last = history[-1] if history else {}
         epochs = int(last.get("epoch", 0))
-        paths = result.metrics_dataframe.get("checkpoint_path") if result.metrics_dataframe is not None else None
+        paths = result.metrics_dataframe.get(CHECKPOINT_PATH_KEY) if result.metrics_dataframe is not None else None
         checkpoint = next((p for p in reversed(list(paths.dropna())) if p), None) if paths is not None else None
         config = flat_params(result.config)
         rows.append({
