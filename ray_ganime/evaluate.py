@@ -206,7 +206,12 @@ class _Totals:
 
 
 def _actors(use_gpu: bool | None, concurrency: int | tuple[int, int] | None) -> tuple[bool, Any]:
-    """(whether each evaluation actor takes a GPU, the actor pool size or (min, max))."""
+    """(whether each evaluation actor takes a GPU, the actor pool size or (min, max)); pool size 0: whether
+    this process evaluates on its GPU."""
+    if concurrency == 0:
+        if use_gpu and not torch.cuda.is_available():
+            raise ValueError("use_gpu=True but this process sees no CUDA device (evaluating in process: actors=0)")
+        return torch.cuda.is_available() if use_gpu is None else use_gpu, 0
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if use_gpu is None:
         use_gpu = gpus > 0
@@ -234,7 +239,8 @@ def evaluate_generators(generators: dict[str, tuple[torch.nn.Module, Direction]]
     the source domain's split, against the real images of the target domain's split (at most ``max_images``
     of each). ``fid_weights``: as ``metrics.load_fid_inception`` (None: auto; "random": a labelled random init
     for tests). ``use_gpu`` None: one GPU per actor when the cluster has GPUs. ``concurrency``: the actor
-    pool (default: 1 on CPU; 1..#GPUs on GPU).
+    pool (default: 1 on CPU; 1..#GPUs on GPU); 0: the generators and Inception run in this process, on the
+    rows Ray Data decodes (what the actors compute, without starting one).
 
     Returns, per name, ``{"fid", "num_images", "fid_backbone", "split", "samples"}`` (+ ``"fid_warning"`` for a
     random-init backbone); paired also ``"ssim", "ssim_std"`` and ``samples`` as ``[input, output, target]``;
@@ -260,9 +266,12 @@ def evaluate_generators(generators: dict[str, tuple[torch.nn.Module, Direction]]
         return ds if max_images is None else ds.limit(max_images)
 
     def evaluated(ds: ray.data.Dataset, names: list[str], **udf) -> Iterator[dict[str, np.ndarray]]:
+        modules = {name: _cpu_module(generators[name][0]) for name in names}
+        if concurrency == 0:  # a copy: the caller's generators keep their device and training flags
+            model = _EvalUDF(copy.deepcopy(modules), fid_weights, use_gpu, **udf)
+            return map(model, ds.iter_batches(batch_size=batch_size, batch_format="numpy"))
         pool = (ray.data.ActorPoolStrategy(size=concurrency) if isinstance(concurrency, int)
                 else ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1]))
-        modules = {name: _cpu_module(generators[name][0]) for name in names}
         ds = ds.map_batches(_EvalUDF, batch_size=batch_size, batch_format="numpy", compute=pool,
                             num_gpus=1 if use_gpu else 0,
                             fn_constructor_kwargs=dict(generators=[ray.put(modules)], fid_weights=fid_weights,
@@ -441,7 +450,8 @@ def evaluate_checkpoint(model_uri: str, cfg, data_uri: str | None = None,
     directions = recipe.directions()
     evaluated = evaluate_generators({k: (recipe.generator(k).eval(), d) for k, d in directions.items()}, data,
                                     split=cfg.eval.split, fid_weights=cfg.eval.fid_weights,
-                                    max_images=cfg.eval.max_images, batch_size=cfg.eval.batch_size)
+                                    max_images=cfg.eval.max_images, batch_size=cfg.eval.batch_size,
+                                    concurrency=cfg.eval.actors)
     pretrained = {"pretrained": meta["pretrained"]} if meta.get("pretrained") else {}
     results = {k: {**evaluated[k], "model": recipe.display_name() + (f" {k}" if k else ""), **pretrained}
                for k in directions}

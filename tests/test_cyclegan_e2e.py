@@ -27,7 +27,7 @@ from ray_ganime.cli import main
 TINY = ["model.ngf=8", "model.ndf=8", "model.n_blocks=2", "data.load_size=36", "data.crop_size=32",
         "data.batch_size=2", "data.shuffle_buffer=8", "data.map_batch_size=16", "data.task_cpus=0.5",
         "train.epochs=2", "train.cpus_per_worker=0.5", "train.max_steps_per_epoch=3", "train.checkpoint_every=1",
-        "train.sample_every=1", "eval.val_images=4", "eval.fid_weights=random", "eval.max_images=8",
+        "train.sample_every=1", "eval.val_images=4", "eval.fid_weights=random", "eval.max_images=8", "eval.actors=0",
         "loss.pool_size=2"]
 DIRECTIONS = ("a2b", "b2a")
 
@@ -125,7 +125,7 @@ def test_a_short_sweep_over_the_cycle_weight_exports_its_best(store, tmp_path):
     config = yaml.safe_load((REPO / "configs" / "cyclegan_sweep.yaml").read_text())
     config["loss"]["cycle"] = {"grid": [2.0, 10.0]}
     config["loss"]["identity"] = 0.0
-    config["tune"].update(scheduler="none", metric="val_cycle_l1", num_samples=1, max_concurrent_trials=1)
+    config["tune"].update(scheduler="none", metric="val_cycle_l1", num_samples=1, max_concurrent_trials=2)
     config["eval"]["val_fid"] = False  # the cycle error needs no Inception
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -154,7 +154,7 @@ def test_evaluation_without_a_test_split_uses_val(tmp_path, ray_session):
     data = ShardData(uri, cfg(crop_size=SIZE))
     assert data.held_out_split() == "val" and data.held_out_split("train") == "train"
     result = evaluate.evaluate_generator(nn.Identity(), data, Direction("G", "sketch", "sketch", paired=True),
-                                         fid_weights="random", batch_size=4)
+                                         fid_weights="random", batch_size=4, concurrency=0)  # in this process
     assert result["split"] == "val" and result["num_images"] == 3
     write_pairs(str(tmp_path / "train-only"), n=4, held_out="train")
     with pytest.raises(ValueError, match="no held-out split"):

@@ -62,6 +62,9 @@ def random_generator() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Tanh())
 
 
+# Where the fact is not the actor pool: evaluate in the test process (test_ray_path_matches_a_plain_loop shows
+# it computes what the actors do; the CycleGAN checkpoint test runs unpaired directions on an actor).
+IN_PROCESS = 0
 MAX_IMAGES = 5  # the identity run is limited, to check max_images without another (slow) run
 _RESULTS: dict[str, tuple[dict, list[str]]] = {}
 
@@ -73,7 +76,8 @@ def run(data: ShardData, name: str) -> tuple[dict, list[str]]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = evaluate.evaluate_generator(generator, data, PAIRED, fid_weights="random", batch_size=8,
-                                                 max_images=MAX_IMAGES if name == "identity" else None)
+                                                 max_images=MAX_IMAGES if name == "identity" else None,
+                                                 concurrency=IN_PROCESS)
         _RESULTS[name] = result, [str(w.message) for w in caught]
     return _RESULTS[name]
 
@@ -171,11 +175,15 @@ def test_streamed_statistics_and_fid_equal_the_plain_formula(n, dim):
     assert abs(metrics.fid_of_moments(fake, fake)) < 1e-9 * exact
 
 
-def test_ray_path_matches_a_plain_loop(data):
-    """FID and SSIM from the Ray actors equal those computed on the driver from the same rows, without
-    Ray: nothing lost, nothing counted twice, the same decode and quantisation."""
+@pytest.mark.parametrize("actors", [1, IN_PROCESS])
+def test_ray_path_matches_a_plain_loop(data, actors):
+    """FID and SSIM from a Ray actor, and in the calling process (eval.actors 0), equal those computed on the
+    driver from the same rows without Ray: nothing lost, nothing counted twice, the same decode and
+    quantisation; the caller's generator is left in training mode."""
     generator = random_generator()
-    result = evaluate.evaluate_generator(generator, data, PAIRED, fid_weights="random", batch_size=5)  # uneven batches
+    result = evaluate.evaluate_generator(generator, data, PAIRED, fid_weights="random", batch_size=5,  # uneven batches
+                                         concurrency=actors)
+    assert generator.training and all(p.requires_grad for p in generator.parameters())
 
     rows = shards.read_rows(data.uri, split="test")
     stage = DecodeStage(data.columns, data.cfg.crop_size, data.cfg.interpolation)
@@ -220,7 +228,8 @@ def unpaired(tmp_path_factory, ray_session) -> ShardData:
 def test_unpaired_direction_is_fid_of_generated_source_against_real_target(unpaired):
     """Identity A -> B: the FID of the A images against the B images, as computed by hand from their
     Inception features; no SSIM (nothing pairs an A with a B)."""
-    result = evaluate.evaluate_generator(nn.Identity(), unpaired, A2B, fid_weights="random", batch_size=4)
+    result = evaluate.evaluate_generator(nn.Identity(), unpaired, A2B, fid_weights="random", batch_size=4,
+                                         concurrency=IN_PROCESS)
 
     decoded = unpaired.decoded("test", ["A", "B"], 100)  # without Ray: every test image of each domain
     with warnings.catch_warnings():
