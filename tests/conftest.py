@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from servers import moto_server
+from servers import GanimeServer, free_ports, moto_server, stop_group
 
 # Ray Train's controller polls its workers every 2 s, and a worker's ray.train.report waits for the next poll:
 # each tiny fit of the suite (epochs of a second or two) spent several seconds waiting. Every Ray the tests start
@@ -150,3 +151,52 @@ def served(tmp_path_factory) -> Iterator[Served]:
         # The app answers once its replicas are up (`serve deploy` returns before that).
         wait_for_http(url + "healthz", cluster.proc, cluster.log, 180, "the deployed app")
         yield Served(url, token, names, store, cluster, deployed)
+
+
+# ===================================================================================================
+# Stores and `ganime serve` shared by the modules that train, export and serve
+#   shared_store    session: a local store, served by ganime_server
+#   unpaired_store  session: shared_store with the synthetic unpaired set "unpaired-40" (40 images, 32 px)
+#   ganime_server   `ganime serve` over shared_store (its own Ray, loopback, no token, one deployment, started
+#                   with RAY_AUTH_MODE=disabled as users export it), started at its first use and kept for the
+#                   session; a test that stops it gets another at the next use. Holds tests/serving.py's packages.
+# The modules that use it run last, together (pytest_collection_modifyitems): its Ray beside the rest of
+# the suite would slow it down.
+# ===================================================================================================
+
+
+@pytest.fixture(scope="session")
+def shared_store(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("shared-store")
+
+
+@pytest.fixture(scope="session")
+def unpaired_store(shared_store, ray_session) -> Path:
+    from ray_ganime.cli import main
+
+    assert main(["data", "synth", "--kind", "unpaired", "--count", "40", "--size", "32", "--out", "unpaired-40",
+                 "--store", str(shared_store)]) == 0
+    return shared_store
+
+
+@pytest.fixture(scope="session")
+def _ganime_server(shared_store, tmp_path_factory) -> Iterator[GanimeServer]:
+    from serving import make_packages
+
+    port, = free_ports(1)
+    server = GanimeServer(shared_store, port, tmp_path_factory.mktemp("ganime-serve"), make_packages(str(shared_store)),
+                          {"RAY_AUTH_MODE": "disabled"})
+    yield server
+    if server.proc is not None:
+        stop_group(server.proc, signal.SIGTERM)
+
+
+@pytest.fixture
+def ganime_server(_ganime_server) -> GanimeServer:
+    return _ganime_server.running()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules that use ganime_server last (stable: each module's tests keep their order)."""
+    serving = {item.path for item in items if "ganime_server" in getattr(item, "fixturenames", ())}
+    items.sort(key=lambda item: item.path in serving)

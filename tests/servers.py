@@ -233,6 +233,53 @@ def wait_for_serving(proc: subprocess.Popen, log: Path, timeout_s: float = 300) 
         time.sleep(0.5)
 
 
+@dataclass
+class GanimeServer:
+    """`ganime serve` over ``store`` on ``port`` as the session shares it (conftest's ``ganime_server``): a test
+    may stop it, ``running()`` starts another one on the same port and store."""
+    store: Path
+    port: int
+    log_dir: Path
+    names: dict[str, str]  # tests/serving.py's packages, in the store
+    env: dict[str, str]  # added to each start's environment
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self) -> tuple[subprocess.Popen, Path]:
+        """Another server on this port and store (not waited for: ``wait_for_serving``) and its log."""
+        self.starts += 1
+        log = self.log_dir / f"serve-{self.starts}.log"
+        return start_ganime_serve(self.store, self.port, log, env=self.env), log
+
+    def running(self) -> "GanimeServer":
+        """This, serving: started again if it is not running."""
+        if self.proc is None or self.proc.poll() is not None:
+            proc, log = self.start()
+            try:
+                wait_for_serving(proc, log)
+            except BaseException:
+                stop_group(proc, signal.SIGTERM)
+                raise
+            self.proc, self.log = proc, log
+        return self
+
+    def models(self, names: set[str], timeout_s: float = 30) -> dict[str, dict]:
+        """GET /v1/models once it lists ``names`` (packages written meanwhile: its listing is cached for a while),
+        as {name: model}."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with urllib.request.urlopen(self.url + "v1/models", timeout=30) as response:
+                listed = {m["name"]: m for m in json.loads(response.read())["models"]}
+            if names <= listed.keys() or time.monotonic() > deadline:
+                return listed
+            time.sleep(0.5)
+
+
 def command_line(pid: int) -> str:
     try:
         return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")

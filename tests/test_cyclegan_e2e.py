@@ -1,6 +1,7 @@
 """CycleGAN as a user runs it, through the `ganime` command: synthetic unpaired data -> train with
 configs/cyclegan.yaml -> evaluate (FID per direction, labelled as random-init Inception) -> export both
-directions -> `ganime serve` answers both (training on 2 workers: DDP in sync, a pool per rank); and a short real sweep over the cycle weight that exports its best.
+directions -> the session's `ganime serve` answers both (training on 2 workers: DDP in sync, a pool per rank);
+and a short real sweep over the cycle weight that exports its best.
 
 Tiny everything (32 px, ngf 8, 2 residual blocks, 3 steps an epoch): this checks the plumbing of two
 generators from data to HTTP; tests/test_cyclegan_train.py checks that CycleGAN learns and resumes exactly.
@@ -9,7 +10,6 @@ generators from data to HTTP; tests/test_cyclegan_train.py checks that CycleGAN 
 from __future__ import annotations
 
 import json
-import signal
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 from runs import LOCAL, sets
-from servers import REPO, free_ports, start_ganime_serve, stop_group, wait_for_serving
+from servers import REPO
 from serving import random_image
 
 from ray_ganime import checkpoints, images, inference, storage
@@ -33,11 +33,9 @@ DIRECTIONS = ("a2b", "b2a")
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, ray_session) -> Path:
-    root = tmp_path_factory.mktemp("cyclegan-store")
-    assert main(["data", "synth", "--kind", "unpaired", "--count", "40", "--size", "32", "--out", "unpaired-40",
-                 "--store", str(root)]) == 0
-    return root
+def store(unpaired_store) -> Path:
+    """The session's store with "unpaired-40", which the session's `ganime serve` serves."""
+    return unpaired_store
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +85,7 @@ def test_evaluation_scores_each_direction_with_a_labelled_fid(trained):
 
 
 @pytest.mark.ray
-def test_both_directions_are_exported_and_served(trained, store, tmp_path):
+def test_both_directions_are_exported_and_served(trained, store, ganime_server):
     checkpoint = trained / "checkpoint_epoch_0002"
     assert main(["export", str(checkpoint), "--name", "cg", "--store", str(store)]) == 0
     packages = {d: store / "models" / f"cg-{d}" for d in DIRECTIONS}
@@ -97,27 +95,19 @@ def test_both_directions_are_exported_and_served(trained, store, tmp_path):
         assert meta["metrics"]["evaluation"]["model"] == f"CycleGAN {direction}"  # its own direction's report
     local = {d: inference.Generator.load(str(p), "cpu") for d, p in packages.items()}
 
-    port, = free_ports(1)
-    log = tmp_path / "serve.log"
-    proc = start_ganime_serve(store, port, log)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_for_serving(proc, log)
-        with urllib.request.urlopen(url + "v1/models", timeout=10) as response:
-            assert {m["name"] for m in json.loads(response.read())["models"]} >= {"cg-a2b", "cg-b2a"}
-        image = random_image(40, 24)
-        answers = {}
-        for direction in DIRECTIONS:
-            request = urllib.request.Request(f"{url}v1/models/cg-{direction}/generate", data=images.encode_png(image),
-                                             headers={"Content-Type": "image/png"})
-            with urllib.request.urlopen(request, timeout=120) as response:
-                answers[direction] = images.decode_rgb(response.read())
-            expected = local[direction].translate([image])[0]
-            assert answers[direction].shape == (40, 24, 3)
-            assert np.abs(answers[direction].astype(int) - expected.astype(int)).max() <= 1  # replica threads
-        assert not np.array_equal(answers["a2b"], answers["b2a"])  # two generators, not one served twice
-    finally:
-        stop_group(proc, signal.SIGTERM)
+    assert ganime_server.store == store  # found by the running server, without a restart
+    assert {"cg-a2b", "cg-b2a"} <= ganime_server.models({"cg-a2b", "cg-b2a"}).keys()
+    image = random_image(40, 24)
+    answers = {}
+    for direction in DIRECTIONS:
+        request = urllib.request.Request(f"{ganime_server.url}v1/models/cg-{direction}/generate",
+                                         data=images.encode_png(image), headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answers[direction] = images.decode_rgb(response.read())
+        expected = local[direction].translate([image])[0]
+        assert answers[direction].shape == (40, 24, 3)
+        assert np.abs(answers[direction].astype(int) - expected.astype(int)).max() <= 1  # replica threads
+    assert not np.array_equal(answers["a2b"], answers["b2a"])  # two generators, not one served twice
 
 
 @pytest.mark.ray

@@ -1,8 +1,9 @@
 """The `ganime serve` process under faults: what listens, a replica killed under load, a port in use, stopping.
 
-One server for the module (each start costs 15-60 s on a 2-core box): it serves the listening-socket, failover
-and port tests, and the last test stops it with SIGINT to its process group, then starts and stops two more on
-the same port. HAProxy's config edits are also checked on their own, on Ray's template with no Ray running.
+The session's server (conftest's ``ganime_server``; each start costs 15-60 s on a 2-core box) serves the
+listening-socket, failover and port tests; the last test stops it with SIGINT to its process group, then starts
+and stops another on the same port, and leaves a third serving the rest of the session. HAProxy's config edits
+are also checked on their own, on Ray's template with no Ray running.
 """
 
 from __future__ import annotations
@@ -18,14 +19,12 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from servers import (GANIME, command_line, free_ports, listening_sockets, start_ganime_serve, stop_group,
-                     tail, wait_for_http, wait_for_serving)
-from serving import make_packages, random_image
+from servers import (GANIME, command_line, free_ports, listening_sockets, stop_group, tail,
+                     wait_for_http, wait_for_serving)
+from serving import random_image
 
 from ray_ganime import images
 from ray_ganime.runtime import descendants
@@ -34,30 +33,6 @@ pytestmark = pytest.mark.timeout(900)
 
 REPLICA = "ray::ServeReplica:ganime:Gateway"
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    port: int
-    store: Path
-    log: Path
-    names: dict[str, str]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("ganime-serve")
-    names = make_packages(str(root / "store"))
-    port, = free_ports(1)
-    log = root / "serve.log"
-    # As users export it to get past Ray's token-auth trap: ganime's own Ray must use token auth all the same.
-    proc = start_ganime_serve(root / "store", port, log, env={"RAY_AUTH_MODE": "disabled"})
-    try:
-        wait_for_serving(proc, log)
-        yield Server(proc, port, root / "store", log, names)
-    finally:
-        stop_group(proc, signal.SIGTERM)
 
 
 def process_tree(pid: int) -> list[int]:
@@ -128,7 +103,7 @@ def test_haproxy_config_from_rays_template_keeps_to_loopback_and_answers_json(tm
 # -------------------------------------------------------------------------------------- `ganime serve`, running
 
 
-def test_nothing_listens_beyond_loopback_but_the_replicas_token_guarded_grpc(server):
+def test_nothing_listens_beyond_loopback_but_the_replicas_token_guarded_grpc(ganime_server):
     """Every listening socket of the server's processes is on loopback, except each replica's gRPC server for calls
     between deployments: Ray 2.60 binds it to [::] with no setting to change it, and it refuses a call without the
     cluster's token, also when ganime serve was started with RAY_AUTH_MODE=disabled (the fixture's). HAProxy's
@@ -136,12 +111,12 @@ def test_nothing_listens_beyond_loopback_but_the_replicas_token_guarded_grpc(ser
     import grpc
 
     assert "RAY_AUTH_MODE=disabled ignored: the local Ray that ganime starts always uses token auth" in \
-        server.log.read_text()
+        ganime_server.log.read_text()
 
-    sockets = listening_sockets(process_tree(server.proc.pid))
-    assert any(port == server.port for _, _, port in sockets)
+    sockets = listening_sockets(process_tree(ganime_server.proc.pid))
+    assert any(port == ganime_server.port for _, _, port in sockets)
     open_ = [(pid, command_line(pid)[:60], host, port) for pid, host, port in sockets if host not in LOOPBACK]
-    replicas = {pid for pid in process_tree(server.proc.pid) if command_line(pid).startswith(REPLICA)}
+    replicas = {pid for pid in process_tree(ganime_server.proc.pid) if command_line(pid).startswith(REPLICA)}
     assert open_ and {pid for pid, *_ in open_} <= replicas, open_
     assert len(open_) == len(replicas), open_  # one each
     for _, _, _, port in open_:
@@ -149,29 +124,29 @@ def test_nothing_listens_beyond_loopback_but_the_replicas_token_guarded_grpc(ser
             with pytest.raises(grpc.RpcError) as refused:
                 channel.unary_unary("/ray.serve.ASGIService/HandleRequest")(b"", timeout=10)
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    haproxy = [pid for pid in process_tree(server.proc.pid) if "haproxy" in command_line(pid).split(" ")[0]]
+    haproxy = [pid for pid in process_tree(ganime_server.proc.pid) if "haproxy" in command_line(pid).split(" ")[0]]
     config = Path(command_line(haproxy[0]).split(" -f ")[1].split(" ")[0])
     assert stat.S_IMODE((config.parent / "admin.sock").stat().st_mode) == 0o600
     assert stat.S_IMODE(config.parent.parent.stat().st_mode) == 0o700
 
 
-def test_a_port_in_use_is_one_line(server, tmp_path):
+def test_a_port_in_use_is_one_line(ganime_server, tmp_path):
     started = time.monotonic()
-    run = subprocess.run([str(GANIME), "serve", "--store", str(server.store),
-                          "--port", str(server.port)], capture_output=True, text=True, timeout=120,
+    run = subprocess.run([str(GANIME), "serve", "--store", str(ganime_server.store),
+                          "--port", str(ganime_server.port)], capture_output=True, text=True, timeout=120,
                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     assert run.returncode == 2, run.stderr
-    assert run.stderr.strip() == (f"ganime: error: port {server.port} on 127.0.0.1 is in use (another server?): "
+    assert run.stderr.strip() == (f"ganime: error: port {ganime_server.port} on 127.0.0.1 is in use (another server?): "
                                   f"stop it or pass another --port")
     assert time.monotonic() - started < 60  # before any Ray starts
 
 
-def test_killing_a_replica_under_load_fails_only_requests_in_flight(server):
+def test_killing_a_replica_under_load_fails_only_requests_in_flight(ganime_server):
     """4 clients send tiny images for ~12 s; one of the two replicas is SIGKILLed after 3 s. Every answer is a PNG
     or a JSON error; at most the requests in flight on the killed replica fail (connection closed, or 503); and
     requests keep completing while the replica restarts."""
     body = images.encode_png(random_image(32, 32))
-    path = f"/v1/models/{server.names['image_a']}/generate"
+    path = f"/v1/models/{ganime_server.names['image_a']}/generate"
     results: list[tuple[float, object, str]] = []  # (finished, status or exception, media type)
     stop = threading.Event()
 
@@ -179,7 +154,7 @@ def test_killing_a_replica_under_load_fails_only_requests_in_flight(server):
         conn = None
         while not stop.is_set():
             try:
-                conn = conn or http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+                conn = conn or http.client.HTTPConnection("127.0.0.1", ganime_server.port, timeout=60)
                 conn.request("POST", path, body, {"Content-Type": "image/png"})
                 response = conn.getresponse()
                 data, media = response.read(), response.getheader("Content-Type")
@@ -198,7 +173,7 @@ def test_killing_a_replica_under_load_fails_only_requests_in_flight(server):
         thread.start()
     try:
         time.sleep(3)
-        replicas = [pid for pid in process_tree(server.proc.pid) if command_line(pid).startswith(REPLICA)]
+        replicas = [pid for pid in process_tree(ganime_server.proc.pid) if command_line(pid).startswith(REPLICA)]
         assert len(replicas) == 2, replicas
         killed_at = time.monotonic()
         os.kill(replicas[0], signal.SIGKILL)
@@ -215,17 +190,18 @@ def test_killing_a_replica_under_load_fails_only_requests_in_flight(server):
     assert len(done) >= 20, f"only {len(done)} requests completed after the kill"
     gaps = [b - a for a, b in zip([killed_at, *done], done)]
     assert max(gaps) < 5, f"nothing completed for {max(gaps):.1f} s after the kill"
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=30) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{ganime_server.port}/healthz", timeout=30) as response:
         assert response.status == 200
 
 
-def test_a_signal_to_the_process_group_stops_everything_and_frees_the_port(server, tmp_path):
+def test_a_signal_to_the_process_group_stops_everything_and_frees_the_port(ganime_server):
     """SIGINT to the group (Ctrl-C in a terminal), then on the same port a new server and SIGTERM to its group
     (systemd, `kill -- -PGID`), then a third start: each stops within STOP_S with no process left and the port
-    free, so the next one starts and answers."""
+    free, so the next one starts and answers (the third serves the rest of the session)."""
+    server = ganime_server
     proc, log = server.proc, server.log
     try:
-        for signum, name in ((signal.SIGINT, "second"), (signal.SIGTERM, "third")):
+        for signum in (signal.SIGINT, signal.SIGTERM):
             tree = process_tree(proc.pid)
             assert len(tree) > 10  # Ray's processes, the replicas, HAProxy
             stop_group(proc, signum)
@@ -234,10 +210,11 @@ def test_a_signal_to_the_process_group_stops_everything_and_frees_the_port(serve
             while alive(tree) and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert not alive(tree) and port_is_free(server.port), alive(tree)
-            log = tmp_path / f"{name}.log"
-            proc = start_ganime_serve(server.store, server.port, log)
+            proc, log = server.start()
             wait_for_serving(proc, log)
-            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=30) as response:
+            with urllib.request.urlopen(f"{server.url}healthz", timeout=30) as response:
                 assert response.status == 200
-    finally:
+    except BaseException:
         stop_group(proc, signal.SIGTERM)
+        raise
+    server.proc, server.log = proc, log

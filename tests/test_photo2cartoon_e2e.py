@@ -1,9 +1,9 @@
 """AnimeGANv2 and CartoonGAN as a user runs them: synthetic unpaired photos and cartoons -> a short real sweep
 over AnimeGANv2's colour weight (configs/animegan_sweep.yaml, ranked by val_fid) and CartoonGAN trained with its
 config, both through an init phase then adversarial training -> evaluated (the sweep's best by the sweep,
-CartoonGAN's by `ganime evaluate`; FID labelled for random Inception and random VGG features) -> exported -> one
-`ganime serve` answers both, and an imported AnimeGANv2 checkpoint beside them (GET /v1/models says where each
-came from). Exact resume inside the init phase and across its end: three more AnimeGANv2 fits.
+CartoonGAN's by `ganime evaluate`; FID labelled for random Inception and random VGG features) -> exported -> the
+session's `ganime serve` answers both, and an imported AnimeGANv2 checkpoint beside them (GET /v1/models says
+where each came from). Exact resume inside the init phase and across its end: three more AnimeGANv2 fits.
 
 Tiny everything (32 px, 3 steps an epoch, ndf 8): the plumbing from data to HTTP. Everything trains in local
 mode (``train.num_workers=0``; the sweep's trials in their Tune actors): what Ray Train workers add is
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import urllib.request
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from servers import REPO, free_ports, start_ganime_serve, stop_group, wait_for_serving
+from servers import REPO
 from serving import random_image
 from runs import LOCAL, max_abs_diff, metrics_lines, saved_state, sets, stop_and_rerun
 
@@ -43,11 +42,9 @@ CARTOON = [*TINY, "model.ngf=8", "model.n_blocks=1", "optim.init_epochs=1", "tra
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, ray_session) -> Path:
-    root = tmp_path_factory.mktemp("photo2cartoon-store")
-    assert main(["data", "synth", "--kind", "unpaired", "--count", "40", "--size", "32", "--out", "unpaired-40",
-                 "--store", str(root)]) == 0
-    return root
+def store(unpaired_store) -> Path:
+    """The session's store with "unpaired-40", which the session's `ganime serve` serves."""
+    return unpaired_store
 
 
 def train(store: Path, config: str, overrides: list[str], name: str) -> Path:
@@ -113,7 +110,7 @@ def test_cartoongan_trains_through_both_phases_and_is_evaluated(cartoon):
 
 
 @pytest.mark.ray
-def test_both_are_exported_and_served(anime, cartoon, store, tmp_path):
+def test_both_are_exported_and_served(anime, cartoon, store, ganime_server, tmp_path):
     assert main(["export", str(cartoon / "checkpoint_epoch_0002"), "--name", "cartoon", "--store", str(store)]) == 0
     # Beside them, a public AnimeGANv2 checkpoint (its layout, seeded weights) imported as it is.
     torch.manual_seed(0)
@@ -129,28 +126,20 @@ def test_both_are_exported_and_served(anime, cartoon, store, tmp_path):
             assert meta["metrics"]["evaluation"]["fid_backbone"]["random_init"] is True
         local[name] = inference.Generator.load(str(store / "models" / name), "cpu")
 
-    port, = free_ports(1)
-    log = tmp_path / "serve.log"
-    proc = start_ganime_serve(store, port, log)
-    url = f"http://127.0.0.1:{port}/v1/models/"
-    try:
-        wait_for_serving(proc, log)
-        with urllib.request.urlopen(url.rstrip("/"), timeout=60) as response:
-            listed = {m["name"]: m for m in json.loads(response.read())["models"]}
-        assert listed["paprika"]["source"] == {
-            "imported": "bryandlee/animegan2-pytorch", "file": "paprika.pt",
-            "sha256": hashlib.sha256((tmp_path / "paprika.pt").read_bytes()).hexdigest()}
-        assert listed["hayao"]["source"] == {"trained": "animeganv2"}
-        image = random_image(37, 50)  # AnimeGANv2 takes any size; CartoonGAN's is padded to a multiple of 4
-        for name in packages:
-            request = urllib.request.Request(f"{url}{name}/generate", data=images.encode_png(image),
-                                             headers={"Content-Type": "image/png"})
-            with urllib.request.urlopen(request, timeout=120) as response:
-                answer = images.decode_rgb(response.read())
-            assert answer.shape == (37, 50, 3)
-            assert np.abs(answer.astype(int) - local[name].translate([image])[0].astype(int)).max() <= 1
-    finally:
-        stop_group(proc, signal.SIGTERM)
+    assert ganime_server.store == store  # found by the running server, without a restart
+    listed = ganime_server.models(set(packages))
+    assert listed["paprika"]["source"] == {
+        "imported": "bryandlee/animegan2-pytorch", "file": "paprika.pt",
+        "sha256": hashlib.sha256((tmp_path / "paprika.pt").read_bytes()).hexdigest()}
+    assert listed["hayao"]["source"] == {"trained": "animeganv2"}
+    image = random_image(37, 50)  # AnimeGANv2 takes any size; CartoonGAN's is padded to a multiple of 4
+    for name in packages:
+        request = urllib.request.Request(f"{ganime_server.url}v1/models/{name}/generate",
+                                         data=images.encode_png(image), headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = images.decode_rgb(response.read())
+        assert answer.shape == (37, 50, 3)
+        assert np.abs(answer.astype(int) - local[name].translate([image])[0].astype(int)).max() <= 1
 
 
 # ------------------------------------------------------------------------------------ exact resume

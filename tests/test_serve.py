@@ -421,10 +421,33 @@ def haproxy_runs() -> bool:
     return False
 
 
-@pytest.mark.parametrize("layout", ["one deployment", "two deployments"])
-def test_ganime_serve_runs_the_same_app_locally(tmp_path, layout):
-    """`ganime serve` on its own local Ray, in Serve's high-throughput mode: loopback, no token when none is set,
-    one deployment unless told otherwise, big images between two deployments, SIGTERM stops it (SIGINT, Ctrl-C,
+def _answers_small_and_big_images(url: str, name: str) -> None:
+    request = urllib.request.Request(f"{url}v1/models/{name}/generate", data=images.encode_png(random_image(21, 34)),
+                                     headers={"Content-Type": "image/png"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert images.decode_rgb(response.read()).shape == (21, 34, 3)
+    # 4.5 MB of pixels: over the 4 MiB that gRPC between two deployments allows unless told otherwise
+    request = urllib.request.Request(f"{url}v1/models/{name}/generate",
+                                     data=images.encode_png(random_image(1000, 1500)),
+                                     headers={"Content-Type": "image/png"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        assert images.decode_rgb(response.read()).shape == (1000, 1500, 3)
+
+
+def test_ganime_serve_runs_the_same_app_locally(ganime_server):
+    """`ganime serve` (the session's) on its own local Ray, in Serve's high-throughput mode: loopback, no token
+    when none is set, one deployment unless told otherwise, every package of its store listed and served.
+    tests/test_faults_server.py stops it with signals to its process group."""
+    assert f"at {ganime_server.url}  (one deployment, 2 replicas;" in ganime_server.log.read_text()
+    models = ganime_server.models(set(ganime_server.names.values()))
+    assert set(models) == {p.name for p in (ganime_server.store / "models").iterdir()}
+    assert haproxy_runs()  # the high-throughput mode is on (conftest's cluster runs Serve's default proxy)
+    _answers_small_and_big_images(ganime_server.url, ganime_server.names["image_a"])
+
+
+def test_ganime_serve_in_two_deployments_passes_big_images_between_them(tmp_path):
+    """`ganime serve --set serve.colocate=false`: the generators in a deployment of their own, big images
+    between the two; SIGTERM to the process (not its group) stops it with exit status 0 (SIGINT, Ctrl-C,
     takes the same path, but a process started in the background by a non-interactive shell ignores SIGINT)."""
     import os
     import signal
@@ -442,7 +465,7 @@ def test_ganime_serve_runs_the_same_app_locally(tmp_path, layout):
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "ganime"), "serve", "--store", str(tmp_path / "store"),
-                                 "--port", str(port), *(["--set", "serve.colocate=false"] if "two" in layout else [])],
+                                 "--port", str(port), "--set", "serve.colocate=false"],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -450,25 +473,14 @@ def test_ganime_serve_runs_the_same_app_locally(tmp_path, layout):
         while True:
             assert proc.poll() is None, log.read_text()[-3000:]
             if f"at {url}" in log.read_text():  # printed once the app is up
-                assert f"at {url}  ({layout}, 2 replicas;" in log.read_text()
+                assert f"at {url}  (two deployments, 2 replicas;" in log.read_text()
                 break
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(1)
         with urllib.request.urlopen(url + "v1/models", timeout=5) as response:
             models = json.loads(response.read())["models"]
         assert {m["name"] for m in models} == set(names.values())
-        assert haproxy_runs()  # the high-throughput mode is on (conftest's cluster runs Serve's default proxy)
-        request = urllib.request.Request(f"{url}v1/models/{names['image_a']}/generate",
-                                         data=images.encode_png(random_image(21, 34)),
-                                         headers={"Content-Type": "image/png"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            assert images.decode_rgb(response.read()).shape == (21, 34, 3)
-        # 4.5 MB of pixels: over the 4 MiB that gRPC between two deployments allows unless told otherwise
-        request = urllib.request.Request(f"{url}v1/models/{names['image_a']}/generate",
-                                         data=images.encode_png(random_image(1000, 1500)),
-                                         headers={"Content-Type": "image/png"})
-        with urllib.request.urlopen(request, timeout=120) as response:
-            assert images.decode_rgb(response.read()).shape == (1000, 1500, 3)
+        _answers_small_and_big_images(url, names["image_a"])
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
