@@ -109,7 +109,7 @@ def ray_session(s3_server, tmp_path_factory) -> Iterator[None]:
 
 # ===================================================================================================
 # Serve: serve_config.yaml deployed with `serve deploy` to a real `ray start --head` cluster
-#   served          module (so no cluster lingers through later test files): the app up, over a store
+#   served          session (its modules run last: pytest_collection_modifyitems): the app up, over a store
 #                   holding tests/serving.py's packages, with a bearer token; .url, .token, .names
 #                   (image_a, image_b, noise), .store, .cluster, .config
 # ===================================================================================================
@@ -125,7 +125,7 @@ class Served:
     config: Path  # the serve_config.yaml that was deployed (the repo's, on a free port)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def served(tmp_path_factory) -> Iterator[Served]:
     import secrets
 
@@ -160,8 +160,8 @@ def served(tmp_path_factory) -> Iterator[Served]:
 #   ganime_server   `ganime serve` over shared_store (its own Ray, loopback, no token, one deployment, started
 #                   with RAY_AUTH_MODE=disabled as users export it), started at its first use and kept for the
 #                   session; a test that stops it gets another at the next use. Holds tests/serving.py's packages.
-# The modules that use it run last, together (pytest_collection_modifyitems): its Ray beside the rest of
-# the suite would slow it down.
+# The modules that use it or ``served`` run last, together (pytest_collection_modifyitems): a server's Ray
+# beside the rest of the suite would slow it down.
 # ===================================================================================================
 
 
@@ -197,6 +197,10 @@ def ganime_server(_ganime_server) -> GanimeServer:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The modules that use ganime_server last (stable: each module's tests keep their order)."""
-    serving = {item.path for item in items if "ganime_server" in getattr(item, "fixturenames", ())}
-    items.sort(key=lambda item: item.path in serving)
+    """The modules that use ganime_server, then those that use served, last (each module's tests in their order):
+    each server starts at its first use and runs to the end of the session."""
+    def users(fixture: str) -> set[Path]:
+        return {item.path for item in items if fixture in getattr(item, "fixturenames", ())}
+
+    ganime, served = users("ganime_server"), users("served")
+    items.sort(key=lambda item: (item.path in ganime | served, item.path in served))

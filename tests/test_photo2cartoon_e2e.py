@@ -59,7 +59,7 @@ def anime(store, tmp_path_factory) -> Path:
     config = yaml.safe_load((REPO / "configs" / "animegan_sweep.yaml").read_text())
     config["loss"] = {"adversarial": 300.0, "content": 1.5, "gram": 2.5, "tv": 1.0, "color": {"grid": [5.0, 50.0]}}
     # Ranked by the config's objective, val_fid (random Inception here); ASHA is the Pix2Pix sweeps' subject.
-    config["tune"].update(scheduler="none", num_samples=1, max_concurrent_trials=1)
+    config["tune"].update(scheduler="none", num_samples=1, max_concurrent_trials=2)
     assert config["tune"]["metric"] == "val_fid" and config["eval"]["val_fid"] is True
     path = tmp_path_factory.mktemp("anime-sweep") / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))

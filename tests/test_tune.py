@@ -417,7 +417,7 @@ def _run_until_killed(tree: dict, name: str, tmp_path: Path, until) -> dict[str,
 def test_a_killed_sweep_resumes_and_reports_every_trial_once(store, tmp_path):
     name = f"resume-{uuid.uuid4().hex[:6]}"
     tree = sweep_tree(store, loss={"tv": {"grid": [0.0, 1e-3, 1e-1]}},
-                      train={"epochs": 2}, tune={"scheduler": "none", "max_concurrent_trials": 1, "export": False})
+                      train={"epochs": 2}, tune={"scheduler": "none", "max_concurrent_trials": 2, "export": False})
     sweep = Path(store) / "sweeps" / name
     before = _run_until_killed(tree, name, tmp_path, lambda statuses: "TERMINATED" in statuses.values())
     finished = [t for t, s in before.items() if s == "TERMINATED"]
