@@ -28,6 +28,7 @@ import ray
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from ray_ganime import images, shards, storage, transforms
+from ray_ganime.skips import SkipCounter
 from ray_ganime.config import Config, DataConfig
 
 if TYPE_CHECKING:  # torch is imported where it is used: Ray Data's decode workers never need it
@@ -35,22 +36,6 @@ if TYPE_CHECKING:  # torch is imported where it is used: Ray Data's decode worke
 
 # The columns a task reads, by data set kind.
 TASK_COLUMNS = {"paired": ("sketch", "color"), "unpaired": ("image",), "folder": ("image",)}
-
-
-@ray.remote(num_cpus=0)
-class SkipCounter:
-    """Counts rows the pipeline had to drop (rows that do not decode), across all Ray Data tasks."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.examples: list[str] = []
-
-    def add(self, reasons: list[str]) -> None:
-        self.count += len(reasons)
-        self.examples.extend(reasons[: max(0, 20 - len(self.examples))])
-
-    def report(self) -> tuple[int, list[str]]:
-        return self.count, self.examples
 
 
 @dataclass(frozen=True)
