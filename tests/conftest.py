@@ -160,8 +160,8 @@ def served(tmp_path_factory) -> Iterator[Served]:
 #   ganime_server   `ganime serve` over shared_store (its own Ray, loopback, no token, one deployment, started
 #                   with RAY_AUTH_MODE=disabled as users export it), started at its first use and kept for the
 #                   session; a test that stops it gets another at the next use. Holds tests/serving.py's packages.
-# The modules that use it or ``served`` run last, together (pytest_collection_modifyitems): a server's Ray
-# beside the rest of the suite would slow it down.
+# The tests that use it run last, after the modules of ``served`` (pytest_collection_modifyitems): a server's
+# Ray beside the rest of the suite would slow it down.
 # ===================================================================================================
 
 
@@ -197,10 +197,17 @@ def ganime_server(_ganime_server) -> GanimeServer:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The modules that use ganime_server, then those that use served, last (each module's tests in their order):
-    each server starts at its first use and runs to the end of the session."""
-    def users(fixture: str) -> set[Path]:
+    """Each server starts at its first use and runs to the end of the session, so they come last: first the tests
+    of modules that use neither, then those modules' other tests, then the modules of ``served``, then every test
+    that uses ganime_server (the fixtures they share with their module's other tests are session-scoped)."""
+    def modules(fixture: str) -> set[Path]:
         return {item.path for item in items if fixture in getattr(item, "fixturenames", ())}
 
-    ganime, served = users("ganime_server"), users("served")
-    items.sort(key=lambda item: (item.path in ganime | served, item.path in served))
+    ganime, served = modules("ganime_server"), modules("served")
+
+    def place(item: pytest.Item) -> int:
+        if "ganime_server" in getattr(item, "fixturenames", ()):
+            return 3
+        return 2 if item.path in served else int(item.path in ganime)
+
+    items.sort(key=place)

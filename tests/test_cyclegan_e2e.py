@@ -32,13 +32,13 @@ TINY = ["model.ngf=8", "model.ndf=8", "model.n_blocks=2", "data.load_size=36", "
 DIRECTIONS = ("a2b", "b2a")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # its serve test runs at the end of the session
 def store(unpaired_store) -> Path:
     """The session's store with "unpaired-40", which the session's `ganime serve` serves."""
     return unpaired_store
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # its serve test runs at the end of the session
 def trained(store) -> Path:
     """`ganime train --config configs/cyclegan.yaml --evaluate` on 2 workers (the final checkpoint, evaluated)."""
     assert main(["train", "--config", str(REPO / "configs" / "cyclegan.yaml"), "--store", str(store), "--evaluate",

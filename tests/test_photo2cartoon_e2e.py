@@ -41,7 +41,7 @@ CARTOON = [*TINY, "model.ngf=8", "model.n_blocks=1", "optim.init_epochs=1", "tra
            "optim.step_epochs=[1]", LOCAL]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # its serve test runs at the end of the session
 def store(unpaired_store) -> Path:
     """The session's store with "unpaired-40", which the session's `ganime serve` serves."""
     return unpaired_store
@@ -53,7 +53,7 @@ def train(store: Path, config: str, overrides: list[str], name: str) -> Path:
     return store / "runs" / name
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # its serve test runs at the end of the session
 def anime(store, tmp_path_factory) -> Path:
     """Two trials over ω_col, the other ω at their Hayao values; the best becomes the package "hayao"."""
     config = yaml.safe_load((REPO / "configs" / "animegan_sweep.yaml").read_text())
@@ -67,7 +67,7 @@ def anime(store, tmp_path_factory) -> Path:
     return store / "sweeps" / "hayao"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # its serve test runs at the end of the session
 def cartoon(store) -> Path:
     """CartoonGAN trained with its config, then `ganime evaluate` on its last checkpoint, as a user runs it."""
     run = train(store, "cartoongan.yaml", CARTOON, "cartoon")
