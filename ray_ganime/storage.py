@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -26,7 +27,6 @@ from typing import Any, Iterator
 import botocore.exceptions
 import fsspec
 import pyarrow.fs as pafs
-import s3fs
 from fsspec.implementations.local import LocalFileSystem
 
 SUPPORTED_SCHEMES = ("s3://", "file://")
@@ -176,16 +176,32 @@ def _make_arrow_s3(kwargs: dict) -> _S3ArrowFileSystem:
     return _S3ArrowFileSystem(**kwargs)
 
 
-class _S3FileSystem(s3fs.S3FileSystem):
+@functools.cache
+def _s3fs_class() -> type:
     """s3fs whose botocore client stops retrying a connection error after CONNECT_ATTEMPTS attempts. botocore's
-    retry modes count every error alike: a smaller max_attempts would also cut the retries of throttling."""
+    retry modes count every error alike: a smaller max_attempts would also cut the retries of throttling.
 
-    async def set_session(self, refresh=False, kwargs={}):  # noqa: B006 (s3fs's signature)
-        client = await super().set_session(refresh, kwargs)
-        # First, so that it answers before botocore's own retry handler; once per client (unique_id).
-        client.meta.events.register_first("needs-retry.s3", _stop_connection_retries,
-                                          unique_id="ganime-connect-attempts")
-        return client
+    Defined at first use: s3fs (aiobotocore, aiohttp) is most of this module's import time, and most processes
+    that import it (Ray workers, the CLI on a local store) never touch S3. Pickled by reference all the same,
+    as ``_S3FileSystem`` (the module's ``__getattr__``)."""
+    import s3fs
+
+    class _S3FileSystem(s3fs.S3FileSystem):
+        async def set_session(self, refresh=False, kwargs={}):  # noqa: B006 (s3fs's signature)
+            client = await super().set_session(refresh, kwargs)
+            # First, so that it answers before botocore's own retry handler; once per client (unique_id).
+            client.meta.events.register_first("needs-retry.s3", _stop_connection_retries,
+                                              unique_id="ganime-connect-attempts")
+            return client
+
+    _S3FileSystem.__qualname__ = "_S3FileSystem"
+    return _S3FileSystem
+
+
+def __getattr__(name: str) -> Any:
+    if name == "_S3FileSystem":
+        return _s3fs_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _stop_connection_retries(attempts: int, caught_exception: BaseException | None = None, **_) -> bool | None:
@@ -204,18 +220,18 @@ def _credentials_key() -> str:
 
 
 _LOCAL = (LocalFileSystem(), pafs.LocalFileSystem())
-_S3_CACHE: dict[tuple, tuple[s3fs.S3FileSystem, pafs.S3FileSystem]] = {}
+_S3_CACHE: dict[tuple, tuple[fsspec.AbstractFileSystem, pafs.S3FileSystem]] = {}
 _S3_LOCK = threading.Lock()
 
 
-def _s3_filesystems(settings: _S3Settings) -> tuple[s3fs.S3FileSystem, pafs.S3FileSystem]:
+def _s3_filesystems(settings: _S3Settings) -> tuple[fsspec.AbstractFileSystem, pafs.S3FileSystem]:
     key = ("s3", settings.endpoint_url, settings.region, settings.max_attempts, _credentials_key())
     with _S3_LOCK:
         if key not in _S3_CACHE:
             kwargs: dict[str, Any] = {}
             if settings.endpoint_url:
                 kwargs["endpoint_url"] = settings.endpoint_url
-            fs = _S3FileSystem(
+            fs = _s3fs_class()(
                 client_kwargs={"region_name": settings.region},
                 # botocore retries throttling, 5xx and (CONNECT_ATTEMPTS times) connection errors itself; a
                 # fresh dict because botocore rewrites it in place.
