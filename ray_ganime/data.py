@@ -28,8 +28,8 @@ import ray
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from ray_ganime import images, shards, storage, transforms
-from ray_ganime.skips import SkipCounter
 from ray_ganime.config import Config, DataConfig
+from ray_ganime.skips import SkipCounter
 
 if TYPE_CHECKING:  # torch is imported where it is used: Ray Data's decode workers never need it
     import torch

@@ -112,6 +112,8 @@ def test_both_directions_are_exported_and_served(trained, store, ganime_server):
 
 @pytest.mark.ray
 def test_a_short_sweep_over_the_cycle_weight_exports_its_best(store, tmp_path):
+    """About the 60 s budget: two CycleGAN trials, each a process that imports torch and Ray Data and builds
+    four nets, then the best evaluated in both directions and exported."""
     config = yaml.safe_load((REPO / "configs" / "cyclegan_sweep.yaml").read_text())
     config["loss"]["cycle"] = {"grid": [2.0, 10.0]}
     config["loss"]["identity"] = 0.0

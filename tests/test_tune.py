@@ -315,7 +315,9 @@ def store(tmp_path_factory, ray_session) -> str:
 def asha_sweep(store) -> dict:
     """4 trials over the TV weight, one at a time, ASHA halving at epochs 1 and 2 of 3. TV 100 smooths the
     output flat, so it scores worst at a rung that already has better trials and is stopped there (tune.seed
-    0 shuffles the grid to 1e-2, 0, 1e-4, 100)."""
+    0 shuffles the grid to 1e-2, 0, 1e-4, 100). Over the 60 s budget: six trial launches (two paused trials
+    come back), each a process that imports torch and Ray Data; one at a time, since which trial stops early
+    depends on the order."""
     tree = sweep_tree(store, loss={"tv": {"grid": [0.0, 1e-4, 1e-2, 100.0]}},
                       tune={"name": f"asha-{uuid.uuid4().hex[:6]}", "scheduler": "asha", "grace_period": 1,
                             "reduction_factor": 2, "max_concurrent_trials": 1})
@@ -438,6 +440,9 @@ def test_a_killed_sweep_resumes_and_reports_every_trial_once(store, tmp_path):
 
 
 def test_a_killed_asha_sweep_resumes_its_paused_trials_from_their_rung(store, tmp_path):
+    """Over the 60 s budget: the one sweep whose trials run on Ray Train workers, since a trial paused at a rung,
+    then the driver killed, must continue its Ray Train run when it comes back; each of its four trial launches
+    starts a Ray Train controller and worker group."""
     name = f"resume-asha-{uuid.uuid4().hex[:6]}"
     tree = sweep_tree(store, loss={"tv": {"grid": [0.0, 1e-3, 1e-1]}}, train={"epochs": 3, "num_workers": 1},
                       tune={"scheduler": "asha", "grace_period": 1, "reduction_factor": 3,
