@@ -449,46 +449,32 @@ def test_ganime_serve_in_two_deployments_passes_big_images_between_them(tmp_path
     """`ganime serve --set serve.colocate=false`: the generators in a deployment of their own, big images
     between the two; SIGTERM to the process (not its group) stops it with exit status 0 (SIGINT, Ctrl-C,
     takes the same path, but a process started in the background by a non-interactive shell ignores SIGINT)."""
-    import os
     import signal
     import subprocess
-    import sys
-    import time
-    from pathlib import Path
 
-    from servers import free_ports
+    from servers import free_ports, start_ganime_serve, stop_group, tail, wait_for_serving
     from serving import make_packages
 
     names = make_packages(str(tmp_path / "store"))
     port, = free_ports(1)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "GANIME_SERVE_TOKEN")}
     log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "ganime"), "serve", "--store", str(tmp_path / "store"),
-                                 "--port", str(port), "--set", "serve.colocate=false"],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc = start_ganime_serve(tmp_path / "store", port, log, "--set", "serve.colocate=false")
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            if f"at {url}" in log.read_text():  # printed once the app is up
-                assert f"at {url}  (two deployments, 2 replicas;" in log.read_text()
-                break
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(1)
+        assert f"at {url}  (two deployments, 2 replicas;" in wait_for_serving(proc, log)
         with urllib.request.urlopen(url + "v1/models", timeout=5) as response:
             models = json.loads(response.read())["models"]
         assert {m["name"] for m in models} == set(names.values())
+        assert haproxy_runs()
         _answers_small_and_big_images(url, names["image_a"])
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # the process alone, not its group
         try:
             proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            stop_group(proc, signal.SIGKILL)
             raise
-    assert proc.returncode == 0, log.read_text()[-3000:]
+    assert proc.returncode == 0, tail(log)
 
 
 def listed(served, name: str, timeout_s: float = 20) -> dict:
