@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set data.crop_size=64 (repeatable)")
     p.add_argument("--store", help="store root URI (local folder or s3://bucket/prefix); default $GANIME_STORE")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Ray's own output too (its workers' logs, Ray Train's and Ray Data's lines)")
 
 
 def _overrides(args, **options) -> list[str]:
@@ -67,17 +70,75 @@ def cmd_inspect(args) -> None:
     print(f"contact sheet ({len(rows)} examples): {out}")
 
 
+def _until_signal(work, stopped) -> object:
+    """``work()``, stopped by the first SIGINT / SIGTERM (Ctrl-C, a group's signal, `ray job stop`): then the Ray
+    it started and all that Ray started are stopped, ``stopped()`` says where things are, and the process exits
+    at once with 128 + the signal (130, 143)."""
+    from ray_ganime import lease, runtime
+
+    own_ray = os.environ.get("RAY_ADDRESS", "local") == "local"
+    if own_ray:
+        runtime.make_stoppable()
+    try:
+        return runtime.until_signal(work)
+    except runtime.Stopped as stop:
+        print(f"\nganime: stopping ({stop})...", file=sys.stderr, flush=True)
+        if own_ray:
+            runtime.stop_own_ray()
+        print(f"ganime: stopped. {stopped()}", file=sys.stderr, flush=True)
+        lease.release_all()  # last: a training thread of this process may still be writing until the exit
+        sys.stdout.flush()
+        os._exit(128 + stop.signum)
+
+
+def _save_ray_logs(uri: str | None, cfg: cfgmod.Config) -> None:
+    from ray_ganime import runtime
+
+    if uri is None:
+        return
+    try:
+        runtime.save_ray_logs(uri, cfg.store.options())
+    except storage.StorageError as e:  # the run's own error, if any, matters more
+        print(f"ganime: warning: Ray's logs were not saved to {uri}: {e}", file=sys.stderr)
+
+
+def _resume_command(argv: list[str], option: str, value: str) -> str:
+    import shlex
+
+    given = any(a == option or a.startswith(option + "=") for a in argv)
+    return shlex.join(["ganime", *argv, *(() if given else (option, value))])
+
+
 def cmd_train(args) -> None:
-    from ray_ganime import train
+    from ray_ganime import checkpoints, train
 
     cfg = _load(args)
     if args.resume_from:
         cfg.train.resume_from = args.resume_from
     if args.run_name:
         cfg.train.run_name = storage.check_name(args.run_name, "run name")  # one line, not pydantic's report
-    out = train.fit(cfg)
+    cfg.train.run_name = train.run_name(cfg)  # known before a signal stops the run, to say how to resume it
+    run = train.default_run_uri(cfg, cfg.train.run_name)
+
+    import ray
+
+    # Ray's logs go to the run folder when the run starts its own Ray (a cluster keeps them: `ray logs`).
+    logs = None if ray.is_initialized() or os.environ.get("RAY_ADDRESS") else storage.join(run, "logs")
+
+    def stopped() -> str:
+        _save_ray_logs(logs, cfg)
+        newest = checkpoints.newest_valid(run, cfg.store.options())
+        where = (f"last complete checkpoint: {newest.uri} (epoch {newest.meta['epoch']})" if newest.uri
+                 else "no checkpoint was complete")
+        return f"{where}\nresume with: {_resume_command(args.argv, '--run-name', cfg.train.run_name)}"
+
+    try:
+        out = _until_signal(lambda: train.fit(cfg), stopped)
+    finally:
+        _save_ray_logs(logs, cfg)
     print(f"\nrun:         {out['run']}\ncheckpoint:  {out['checkpoint']}\n"
-          f"samples:     {storage.join(out['run'], 'samples')}\ntensorboard: {storage.join(out['run'], 'tensorboard')}")
+          f"samples:     {storage.join(out['run'], 'samples')}\ntensorboard: {storage.join(out['run'], 'tensorboard')}"
+          + (f"\nray logs:    {logs}" if logs else ""))
     if args.evaluate and out["checkpoint"]:
         _evaluate(cfg, out["checkpoint"], cfg.dataset_uri(), storage.join(out["run"], "eval"))
 
@@ -104,7 +165,12 @@ def cmd_tune(args) -> None:
     if bool(args.config) == bool(args.resume):
         raise cfgmod.ConfigError("give a sweep config (ganime tune CONFIG) or --resume NAME, not both")
     tree = cfgmod.load_tree(args.config, _overrides(args, **{"tune.name": args.name}))
-    out = tune.run(tree, resume=args.resume)
+    if not args.resume:  # named now, to say how to resume it if a signal stops it
+        tree.setdefault("tune", {}).setdefault("name", tune.new_name(tree))
+    name = args.resume or tree["tune"]["name"]
+    out = _until_signal(lambda: tune.run(tree, resume=args.resume),
+                        lambda: f"resume with: ganime tune --resume {name}" + (f" --store {args.store}"
+                                                                               if args.store else ""))
     print(f"\nsweep:    {out['sweep']}  ({len(out['trials'])} trials; resume with --resume {out['name']})")
     for key in ("markdown", "csv", "plot"):
         print(f"{key + ':':<9} {out[key]}")
@@ -223,8 +289,6 @@ def _fmt_optional(value) -> str:
 
 
 def cmd_serve(args) -> None:
-    import os
-
     if not os.environ.get("RAY_ADDRESS"):  # on a Ray of our own; a cluster's Serve runs as the cluster says
         # Ray's switch for a node on 127.0.0.1 only (its default on macOS and Windows): the GCS, raylet, agents
         # and dashboard listen on loopback. Ray reads it when it is imported: before `runtime` imports it.
@@ -331,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=20 (repeatable)")
     p.add_argument("--store", help="store root URI (local folder or s3://bucket/prefix); default $GANIME_STORE")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Ray's own output too (its workers' logs, Ray Train's and Ray Data's lines)")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("export", help="a checkpoint's generators -> model packages <store>/models/NAME[-DIRECTION]")
@@ -396,8 +462,6 @@ def own_ray_uses_token_auth() -> None:
     server, which Ray binds to every interface, runs (unpickles) calls from any host. Ray reads the mode when it
     is imported and its processes when they start, so this comes first. A cluster joined through $RAY_ADDRESS
     keeps its own setting."""
-    import os
-
     mode = os.environ.get("RAY_AUTH_MODE", "")
     if os.environ.get("RAY_ADDRESS", "local") != "local" or mode.lower() == "token":
         return
@@ -407,7 +471,13 @@ def own_ray_uses_token_auth() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
+    if getattr(args, "verbose", False):
+        from ray_ganime import runtime
+
+        runtime.SHOW_RAY_LOGS = True
     if args.command in STARTS_RAY:
         own_ray_uses_token_auth()
     try:

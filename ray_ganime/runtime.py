@@ -17,8 +17,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import ray
+from ray.util.debug import log_once
 
 from ray_ganime.config import ConfigError
 
@@ -36,6 +38,11 @@ SERVE_HIGH_THROUGHPUT = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT
                          "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
 SHUTDOWN_S = 5.0  # stop_own_ray: the longest it waits for killed processes to go, and for ray.shutdown()
 _FOLDERS: list[Path] = []  # private folders of this process's Ray processes: removed once they are stopped
+T = TypeVar("T")
+# `ganime -v`: Ray's own output (its workers' logs, Ray Train's and Ray Data's lines) in the terminal as well;
+# without it, a run's terminal shows the run (progress.RunProgress) and Ray's logs go to the run folder.
+SHOW_RAY_LOGS = False
+_OWN_LOGS: str | None = None  # the logs folder of the Ray session that this process started
 
 
 def use_serve_high_throughput() -> None:
@@ -98,20 +105,47 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) 
     if ray.is_initialized():
         pass  # e.g. inside a Tune trial: only the Ray Data settings below apply
     elif address:
-        ray.init(address=address, logging_level=logging.WARNING, **kwargs)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=SHOW_RAY_LOGS, **kwargs)
     else:
         started = True
         # The dashboard (on loopback) serves the State API, which Ray Train's placement-group cleaner needs:
         # without it, a Train run whose driver is killed (a Tune trial that ASHA stops) keeps its workers'
         # CPUs reserved for the rest of the session. Workers log at WARNING: Ray Data's per-epoch INFO lines
         # drown the run's own output on a laptop.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 logging_level=logging.WARNING, configure_logging=True,
-                 logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"), **kwargs)
-    # Progress bars and per-epoch INFO lines of every Ray Data operator drown the CLI's own output.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+        # In a thread other than the main one (until_signal's work), Ray warns that it leaves SIGTERM alone: the
+        # main thread handles it.
+        quiet = threading.current_thread() is not threading.main_thread()
+        worker_log = logging.getLogger("ray._private.worker")
+        level = worker_log.level
+        worker_log.setLevel(logging.ERROR if quiet else level)
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                     logging_level=logging.WARNING, configure_logging=True, log_to_driver=SHOW_RAY_LOGS,
+                     logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"), **kwargs)
+        finally:
+            worker_log.setLevel(level)
+        global _OWN_LOGS
+        _OWN_LOGS = ray._private.worker._global_node.get_logs_dir_path()  # no public API names it
+    context = ray.data.DataContext.get_current()
+    # Progress bars and per-epoch INFO lines of every Ray Data operator drown the CLI's own output. Off on
+    # purpose: Ray Data's once-per-process warning that they are off is spent here.
+    context.enable_progress_bars = False
+    log_once("ray_data_progress_manager_disabled")
+    # Parquet's DataSourceV2 lists the files and starts a pool of footer-reading actors at every execution of a
+    # dataset, so every training epoch and evaluation pays process start-ups; V1 reads the footers once, when the
+    # dataset is made (bench/data_epoch.py).
+    context.use_datasource_v2 = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     return started
+
+
+def save_ray_logs(uri: str, options=None) -> None:
+    """Copy the logs of the Ray this process started (its session's ``logs/`` folder: every worker's output,
+    Ray Train's and Ray Data's lines) to ``uri``."""
+    from ray_ganime import storage
+
+    if _OWN_LOGS and os.path.isdir(_OWN_LOGS):  # still there after stop_own_ray
+        storage.upload(_OWN_LOGS, uri, options)
 
 
 def make_stoppable() -> None:
@@ -141,6 +175,46 @@ def descendants(pid: int | None = None) -> list[int]:
         found += kids
         queue += kids
     return found
+
+
+class Stopped(Exception):
+    """SIGINT or SIGTERM arrived while ``until_signal`` ran its work."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def until_signal(work: Callable[[], T]) -> T:
+    """``work()``'s result, or Stopped at the first SIGINT / SIGTERM. The work runs in a thread of its own: Ray
+    Train's fit, in the main thread, takes over SIGINT for a graceful abort that waits on its workers, and Tune's
+    does the same. The caller stops what the work started (``stop_own_ray``) and exits: the thread is left as it is."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as e:  # noqa: BLE001 (re-raised in the caller's thread)
+            outcome["error"] = e
+
+    def stop(signum, frame) -> None:
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    thread = threading.Thread(target=run, name="ganime-work", daemon=True)
+    try:
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.2)
+    except Stopped:
+        for s in previous:  # the caller's cleanup runs once, whatever else arrives (Ctrl-C twice, a group's TERM)
+            signal.signal(s, signal.SIG_IGN)
+        raise
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def stop_own_ray(timeout_s: float = SHUTDOWN_S) -> None:

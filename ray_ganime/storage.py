@@ -470,6 +470,34 @@ def write_bytes(uri: str, data: bytes, options: StoreOptions | None = None) -> N
                 os.fsync(f.fileno())  # the rename must not become visible before the data is on disk
 
 
+def create_bytes(uri: str, data: bytes, options: StoreOptions | None = None) -> bool:
+    """Write ``data`` to ``uri`` only if nothing is there, atomically: False when something is (of two
+    concurrent creators, exactly one gets True). Local: a hard link of a finished temp file; S3: a conditional
+    PUT (If-None-Match: *), which AWS S3, MinIO and moto honour."""
+    loc = resolve(uri, options)
+    with _translated(loc.uri, options):
+        if loc.remote:
+            try:
+                loc.fs.pipe_file(loc.path, bytes(data), mode="create")
+                return True
+            except FileExistsError:
+                return False
+        _make_folder(os.path.dirname(loc.path))
+        temp = _local_temp_name(loc.path)
+        try:
+            with open(temp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(temp, loc.path)  # fails if the name is taken; readers never see a part
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(temp)
+
+
 def read_json(uri: str, options: StoreOptions | None = None) -> dict:
     data = read_bytes(uri, options)
     try:

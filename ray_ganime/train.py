@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import yaml
 
-from ray_ganime import checkpoints, images, preview, shards, storage, transforms
+from ray_ganime import checkpoints, images, lease, preview, progress, shards, storage, transforms
 from ray_ganime.config import Config, ConfigError
 from ray_ganime.data import Pixels, ShardData
 from ray_ganime.recipes import recipe_class
@@ -255,6 +255,17 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
             for k, v in batch.items()}
 
 
+def _tensorboard_folder() -> Path:
+    """A temporary folder for TensorBoard's event files (it writes local files only), named by this process, so
+    that any later run removes the folders of processes that died without removing theirs (killed drivers and
+    workers)."""
+    for old in Path(tempfile.gettempdir()).glob("ganime-tb-*-*-*"):
+        pid, start = old.name.split("-")[2:4]
+        if pid.isdigit() and lease.process_start(int(pid)) != start:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"ganime-tb-{os.getpid()}-{lease.process_start(os.getpid())}-"))
+
+
 class RunLog:
     """Rank 0's record of the run: metrics.jsonl, TensorBoard scalars and sample grids, on the store."""
 
@@ -262,7 +273,7 @@ class RunLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.uri, self.options = uri, options
-        self.tb_dir = Path(tempfile.mkdtemp(prefix="ganime-tb-"))
+        self.tb_dir = _tensorboard_folder()
         self.tb = SummaryWriter(str(self.tb_dir))
         path = storage.join(uri, "metrics.jsonl")
         previous = storage.read_bytes(path, options).decode().splitlines() if storage.exists(path, options) else []
@@ -484,16 +495,14 @@ def check_resources(cfg: Config, extra_cpus: float = 0.0) -> bool:
 
 
 def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
-        checkpoint_epochs: tuple[int, ...] = ()) -> dict:
+        checkpoint_epochs: tuple[int, ...] = (), wait_for_run_s: float = 0.0, show_progress: bool = True) -> dict:
     """Train ``cfg`` on the connected Ray cluster; returns where the run, its checkpoint and metrics are.
 
-    The run lives at ``run_uri`` (default ``<store>/runs/<run_name>``); an existing run there resumes.
+    The run lives at ``run_uri`` (default ``<store>/runs/<run_name>``); an existing run there resumes, unless
+    a live driver holds it (``lease``): then RunInUse, after waiting up to ``wait_for_run_s`` for it to end.
     ``callbacks``: Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` when a sweep trial runs this.
-    ``checkpoint_epochs``: epochs to checkpoint besides every ``train.checkpoint_every`` (a sweep's rungs)."""
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
+    ``checkpoint_epochs``: epochs to checkpoint besides every ``train.checkpoint_every`` (a sweep's rungs).
+    ``show_progress``: a line per epoch on stdout (``progress.RunProgress``)."""
     from ray_ganime.runtime import init_ray
 
     recipe_cls = recipe_class(cfg.recipe)
@@ -511,9 +520,17 @@ def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"run_name": name})})
     uri = run_uri or default_run_uri(cfg, name)
     storage.check_writable(uri, options)
-    resume = resume_point(uri, cfg.train.resume_from, options)
     init_ray()
     use_gpu = check_resources(cfg)  # before anything is written: a run that cannot start leaves no folder
+    with lease.Lease(uri, options, wait_s=wait_for_run_s):
+        return _fit(cfg, recipe, data, uri, use_gpu, callbacks, checkpoint_epochs, show_progress)
+
+
+def _fit(cfg: Config, recipe, data: ShardData, uri: str, use_gpu: bool, callbacks: tuple,
+         checkpoint_epochs: tuple[int, ...], show_progress: bool) -> dict:
+    """``fit`` once the run is checked and its lease held."""
+    recipe_cls, options = type(recipe), cfg.store.options()
+    resume = resume_point(uri, cfg.train.resume_from, options)
     first = resume["epoch"] if resume else 0
     factor, o = recipe.lr_rule()(first), cfg.optim
     print(f"learning rate, epoch {first + 1}: G {o.lr_g * factor:.3g}, D {o.lr_d * factor:.3g} ({o.schedule}"
@@ -525,6 +542,27 @@ def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
     loop_config = {"cfg": cfg.model_dump(mode="json"), "run_uri": uri, "dataset_uri": data.uri, "resume": resume,
                    "checkpoint_epochs": list(checkpoint_epochs)}
     datasets = data.stream_datasets(recipe_cls.streams)
+    shown = progress.RunProgress(uri, options, t.epochs, first) if show_progress else None
+    try:
+        metrics, checkpoint = _train(cfg, loop_config, datasets, uri, use_gpu, callbacks)
+    finally:
+        if shown is not None:
+            shown.close()
+    skipped, reasons = data.skipped()
+    if skipped:
+        print(f"skipped {skipped} rows that did not decode, e.g. {reasons[:3]}")
+    return {"run": uri, "name": cfg.train.run_name, "metrics": metrics, "skipped_rows": skipped,
+            "checkpoint": checkpoint}
+
+
+def _train(cfg: Config, loop_config: dict, datasets: dict, uri: str, use_gpu: bool,
+           callbacks: tuple) -> tuple[dict, str | None]:
+    """The training loop in this process or on Ray Train workers: the last metrics and checkpoint."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    t, options = cfg.train, cfg.store.options()
     if t.num_workers == 0:
         local = LocalRun(uri, options, t.keep_checkpoints, callbacks, use_gpu, datasets)
         with worker_threads(t.cpus_per_worker):
@@ -538,7 +576,7 @@ def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
             scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker={
                 "CPU": t.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
             run_config=ray.train.RunConfig(
-                name=name, storage_path=runs.path, storage_filesystem=runs.pa_fs,
+                name=t.run_name, storage_path=runs.path, storage_filesystem=runs.pa_fs,
                 failure_config=ray.train.FailureConfig(max_failures=t.max_failures), callbacks=list(callbacks),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints)),
             datasets=datasets,
@@ -551,7 +589,4 @@ def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
         result = trainer.fit()
         metrics = dict(result.metrics or {})
         checkpoint = checkpoints.uri_of(cfg.store.uri, result.checkpoint.path) if result.checkpoint else None
-    skipped, reasons = data.skipped()
-    if skipped:
-        print(f"skipped {skipped} rows that did not decode, e.g. {reasons[:3]}")
-    return {"run": uri, "name": name, "metrics": metrics, "skipped_rows": skipped, "checkpoint": checkpoint}
+    return metrics, checkpoint

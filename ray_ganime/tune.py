@@ -172,12 +172,14 @@ def run_trial(params: dict, base: dict, sweep_uri: str, rungs: tuple[int, ...] =
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ray_ganime import train
+    from ray_ganime import lease, train
 
     cfg = from_tree(apply_params(base, flat_params(params)))
     trial_id = storage.check_name(tune.get_context().get_trial_id(), "trial name")
     reporter = TuneReportCallback() if cfg.train.num_workers else ReportToTune()
-    train.fit(cfg, run_uri=storage.join(sweep_uri, "runs", trial_id), callbacks=(reporter,), checkpoint_epochs=rungs)
+    # A trial relaunched on another node may find its previous process's lease not yet lapsed: wait it out.
+    train.fit(cfg, run_uri=storage.join(sweep_uri, "runs", trial_id), callbacks=(reporter,), checkpoint_epochs=rungs,
+              wait_for_run_s=lease.TTL_S + lease.CLOCK_SKEW_S, show_progress=False)  # Tune's table shows trials
 
 
 class ReportToTune:
@@ -217,6 +219,12 @@ def sweep_uri(store_uri: str, name: str) -> str:
     return storage.join(store_uri, "sweeps", storage.check_name(name, "sweep name"))
 
 
+def new_name(tree: dict) -> str:
+    """A sweep's name when none is given: its recipe and the time."""
+    recipe = tree.get("recipe") or Config.model_fields["recipe"].default
+    return f"sweep-{recipe}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}"
+
+
 def run(tree: dict, resume: str | None = None) -> dict:
     """Run a sweep from a config tree with search dimensions, or finish the sweep ``resume`` (its
     unfinished and errored trials; finished ones are kept as they are). Returns where everything is."""
@@ -242,7 +250,7 @@ def run(tree: dict, resume: str | None = None) -> dict:
     check_metric(cfg)
     if "fid" in t.metric:
         base["eval"] = {**base.get("eval", {}), "val_fid": True}
-    name = resume or t.name or f"sweep-{cfg.recipe}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M%S}"
+    name = resume or t.name or new_name(tree)
     uri = sweep_uri(cfg.store.uri, name)
     options = cfg.store.options()
 

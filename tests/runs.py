@@ -1,11 +1,13 @@
 """Training-run helpers shared by the test modules (never imported from a test module): run names, the tiny
-Pix2Pix config, timed fits, exact resume's three fits, reading back what a run wrote, and recipe states
-compared bitwise."""
+Pix2Pix config, timed fits, exact resume's three fits, reading back what a run wrote, a run's lease held by
+another process, and recipe states compared bitwise."""
 
 from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import time
 import uuid
 
@@ -24,15 +26,19 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def make_cfg(store: str, name: str, *overrides: str, dataset: str = SMALL_DATASET[0]):
-    """A tiny pix2pix run on synthetic pairs: 32 px, ngf/ndf 8, 2 epochs of 3 steps of 4 images."""
-    base = [f"store.uri={store}", f"data.uri={dataset}", f"train.run_name={name}",
-            "recipe=pix2pix", "model.ngf=8", "model.ndf=8",
+def tiny_overrides(store: str, *overrides: str, dataset: str = SMALL_DATASET[0]) -> list[str]:
+    """A tiny pix2pix run on synthetic pairs, as config overrides: 32 px, ngf/ndf 8, 2 epochs of 3 steps of 4
+    images."""
+    return [f"store.uri={store}", f"data.uri={dataset}", "recipe=pix2pix", "model.ngf=8", "model.ndf=8",
             "data.load_size=36", "data.crop_size=32", "data.batch_size=4", "data.shuffle_buffer=16",
             "data.map_batch_size=64", "data.task_cpus=0.5",
             "train.epochs=2", "train.cpus_per_worker=0.5", "train.max_steps_per_epoch=3",
-            "train.checkpoint_every=1", "train.sample_every=100"]
-    return load_config(None, [*base, *overrides])
+            "train.checkpoint_every=1", "train.sample_every=100", *overrides]
+
+
+def make_cfg(store: str, name: str, *overrides: str, dataset: str = SMALL_DATASET[0]):
+    """``tiny_overrides``' run named ``name``."""
+    return load_config(None, tiny_overrides(store, f"train.run_name={name}", *overrides, dataset=dataset))
 
 
 def timed_fit(cfg) -> dict:
@@ -75,6 +81,16 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     assert a.keys() == b.keys()
     return max((x.double() - y.double()).abs().max().item() if x.is_floating_point() else float(not torch.equal(x, y))
                for x, y in ((a[k], b[k]) for k in a))
+
+
+def hold_lease_in_another_process(run_uri: str) -> subprocess.Popen:
+    """A live process holding ``run_uri``'s lease (as a running `ganime train` would), in its own process group."""
+    hold = ("import sys, time\nfrom ray_ganime import lease\nlease.Lease(sys.argv[1]).acquire()\n"
+            "print('held', flush=True)\ntime.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", hold, run_uri], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stdout.readline() == "held\n"
+    return proc
 
 
 def sets(overrides: list[str]) -> list[str]:

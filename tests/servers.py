@@ -287,6 +287,26 @@ def command_line(pid: int) -> str:
         return ""
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants."""
+    from ray_ganime.runtime import descendants
+
+    return [pid, *descendants(pid)]
+
+
+def alive(pids: list[int]) -> list[str]:
+    """The command lines of those of ``pids`` still running (not zombies)."""
+    running = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            running.append(f"{pid} {command_line(pid)[:120]}")
+    return running
+
+
 def listening_sockets(pids: list[int]) -> list[tuple[int, str, int]]:
     """(pid, address, port) of every listening TCP socket that one of ``pids`` holds (Linux /proc: the sockets'
     inodes in /proc/net/tcp{,6}, matched to each process's open files)."""

@@ -22,34 +22,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from servers import (GANIME, command_line, free_ports, listening_sockets, stop_group, tail,
+from servers import (GANIME, alive, command_line, free_ports, listening_sockets, process_tree, stop_group, tail,
                      wait_for_http, wait_for_serving)
 from serving import random_image
 
 from ray_ganime import images
-from ray_ganime.runtime import descendants
 
 pytestmark = pytest.mark.timeout(900)
 
 REPLICA = "ray::ServeReplica:ganime:Gateway"
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
-
-
-def process_tree(pid: int) -> list[int]:
-    return [pid, *descendants(pid)]
-
-
-def alive(pids: list[int]) -> list[str]:
-    """The command lines of those of ``pids`` still running (not zombies)."""
-    running = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            running.append(f"{pid} {command_line(pid)[:120]}")
-    return running
 
 
 def port_is_free(port: int) -> bool:

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,8 +24,9 @@ from typing import Iterator
 import numpy as np
 import pytest
 import torch
-from runs import (LEARN_DATASET, LOCAL, SMALL_DATASET, make_cfg, max_abs_diff, meta, metrics_lines,
-                  saved_state, stop_and_rerun, timed_fit, unique)
+from runs import (LEARN_DATASET, LOCAL, SMALL_DATASET, assert_states_equal, hold_lease_in_another_process, make_cfg,
+                  max_abs_diff, meta, metrics_lines, saved_state, sets, stop_and_rerun, timed_fit, tiny_overrides,
+                  unique)
 
 from ray_ganime import checkpoints, images, metrics, shards, storage, train, transforms
 from ray_ganime.config import ConfigError
@@ -389,3 +394,74 @@ def test_a_run_this_machine_cannot_hold_is_one_line_before_ray_train_starts(stor
     with pytest.raises(ConfigError, match="the run needs 4.75 CPU .* 0.25 for the sweep's trial driver"):
         train.check_resources(cfg, extra_cpus=0.25)
     assert time.monotonic() - started < 30
+
+
+def test_a_run_name_in_use_is_refused_in_one_line_and_free_once_its_holder_died(store, capsys):
+    """Two drivers with one run name and store would each overwrite the other's checkpoints and metrics."""
+    from ray_ganime.cli import main
+
+    name = unique("leased")
+    run = f"{store}/runs/{name}"
+    argv = ["train", "--run-name", name, *sets(tiny_overrides(store, LOCAL, "train.epochs=1"))]
+    holder = hold_lease_in_another_process(run)
+    try:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{run}: run in use by pid {holder.pid} on this machine, since " in err, err
+        assert sorted(p.name for p in Path(run).iterdir()) == ["lease"]  # the refused driver wrote nothing
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert main(argv) == 0  # the holder died: its run name is free again, at once
+    assert checkpoints.run_checkpoints(run) == [f"{run}/checkpoint_epoch_0001"]
+    assert not (Path(run) / "lease").exists()
+
+
+def test_ctrl_c_stops_a_run_within_seconds_and_it_resumes_exactly(store, tmp_path):
+    """SIGINT to the process group of a `ganime train` on a Ray of its own, as a terminal's Ctrl-C sends it, on a
+    Ray Train worker (whose fit took SIGINT over for a graceful abort that did not end). Then the run resumed
+    under its name equals one never stopped. The terminal shows the run's epochs, not Ray's internals."""
+    from servers import alive, process_tree, tail
+
+    name, overrides = unique("ctrl-c"), ["train.epochs=40"]
+    run = Path(store) / "runs" / name
+    argv = ["train", "--run-name", name, *sets(tiny_overrides(store, *overrides))]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    log = tmp_path / "train.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ray_ganime", *argv], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (run / "checkpoint_epoch_0001" / checkpoints.META_FILE).exists():
+            assert proc.poll() is None and time.monotonic() < deadline, tail(log)
+            time.sleep(0.2)
+        tree = process_tree(proc.pid)
+        stopped = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=10) == 130, tail(log)
+        assert time.monotonic() - stopped < 10
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5  # killed processes can take a moment to go
+    while alive(tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(tree) > 5 and not alive(tree), alive(tree)
+    text = log.read_text()
+    epoch = max(checkpoints.epoch_of(c) for c in checkpoints.run_checkpoints(str(run)))
+    assert (f"ganime: stopped. last complete checkpoint: {run}/checkpoint_epoch_{epoch:04d} (epoch {epoch})\n"
+            f"resume with: ganime {' '.join(argv)}\n") in text, text
+    assert not (run / "lease").exists()
+    # A terminal a person can read: the run's own lines, Ray's in the run folder.
+    assert f"epoch 1/40  G_L1 " in text and "eta 0:" in text and (run / "logs" / "raylet.out").is_file()
+    for noise in ("TrainingReport(", "Execution plan", "Traceback"):
+        assert noise not in text, text
+
+    # Resumed (here in this process) for one more epoch, it equals a run never stopped.
+    resumed = train.fit(make_cfg(store, name, *overrides, LOCAL, f"train.stop_after={epoch + 1}"))
+    straight = train.fit(make_cfg(store, unique("straight"), *overrides, LOCAL, f"train.stop_after={epoch + 1}"))
+    sa, sb = saved_state(straight["checkpoint"]), saved_state(resumed["checkpoint"])
+    assert sa["epoch"] == sb["epoch"] == epoch + 1
+    assert_states_equal(sa["recipe"], sb["recipe"], "recipe")
+    assert [m["epoch"] for m in metrics_lines(resumed["run"])] == list(range(1, epoch + 2))

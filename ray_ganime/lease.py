@@ -1,0 +1,185 @@
+"""A run's lease on its folder in the store: one live driver per run name.
+
+Two drivers started with the same run name and store would write the same checkpoints and metrics, each
+overwriting the other's, and both would report success. So a driver takes the run's lease before it reads or
+writes anything there, and another driver is refused in one line while the lease is live.
+
+The lease is a file per generation, ``<run>/lease/NNNNNN.json``, created with the store's exclusive create
+(local: a hard link; S3: a conditional PUT): of two drivers that find the newest generation free, exactly one
+creates the next. The holder rewrites its file every ``ttl / 4`` with a new expiry and deletes it when it ends.
+A generation is free when it was released, when its expiry has passed (a holder on another machine that died
+holds the run at most ``ttl``), or at once when its holder ran on this machine and that process is gone (a
+killed ``ganime train`` can be resumed right away).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+
+from ray_ganime import storage
+
+TTL_S = 60.0
+# A holder's clock may be ahead of ours: a lease from another machine counts as live this much past its expiry.
+CLOCK_SKEW_S = 10.0
+FOLDER = "lease"
+_HELD: set["Lease"] = set()  # this process's leases, for release_all
+
+
+class RunInUse(storage.StorageError):
+    """The run's lease is held by a live driver."""
+
+
+def process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), which tells a pid reused from a dead one."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _machine() -> dict:
+    """What makes a pid meaningful: the host, its boot and the pid namespace (containers sharing a hostname)."""
+    ids = {"host": socket.gethostname()}
+    with contextlib.suppress(OSError):
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            ids["boot"] = f.read().strip()
+        ids["pid_ns"] = os.readlink("/proc/self/ns/pid")
+    return ids
+
+
+def _pid_alive(pid: int, start: str | None) -> bool:
+    if start is not None:
+        return process_start(pid) == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def holder_alive(record: dict, now: float | None = None) -> bool:
+    """Whether the driver that wrote ``record`` may still be running."""
+    if record.get("released"):
+        return False
+    if record.get("machine") == _machine():
+        return _pid_alive(record["pid"], record.get("pid_start"))
+    return (now or time.time()) < record["expires"] + CLOCK_SKEW_S
+
+
+def describe(record: dict) -> str:
+    since = _dt.datetime.fromtimestamp(record["started"], _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    where = "this machine" if record.get("machine") == _machine() else record.get("machine", {}).get("host", "?")
+    left = record["expires"] + CLOCK_SKEW_S - time.time()
+    return (f"pid {record['pid']} on {where}, since {since}"
+            + ("" if where == "this machine" else f"; its lease lapses in {max(left, 0):.0f} s unless renewed"))
+
+
+class Lease:
+    """``with Lease(run_uri, options):`` holds the run while the block runs. ``wait_s``: how long to wait for a
+    live holder to end (a sweep trial restarted while its previous process is still being stopped) before
+    RunInUse."""
+
+    def __init__(self, run_uri: str, options: storage.StoreOptions | None = None, ttl_s: float = TTL_S,
+                 wait_s: float = 0.0):
+        self.run_uri, self.options, self.ttl_s, self.wait_s = run_uri, options, ttl_s, wait_s
+        self.folder = storage.join(run_uri, FOLDER)
+        self.generation: int | None = None
+        self.lost: str | None = None  # why, if another driver took the run over (this one stalled past ttl)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._record: dict = {}
+
+    def _uri(self, generation: int) -> str:
+        return storage.join(self.folder, f"{generation:06d}.json")
+
+    def _generations(self) -> list[int]:
+        if not storage.exists(self.folder, self.options):
+            return []
+        names = (uri.rsplit("/", 1)[-1] for uri in storage.listdir(self.folder, self.options))
+        return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+
+    def _read(self, generation: int) -> dict | None:
+        try:
+            return storage.read_json(self._uri(generation), self.options)
+        except storage.StorageError:  # released (deleted) meanwhile
+            return None
+
+    def acquire(self) -> "Lease":
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            generations = self._generations()
+            newest = generations[-1] if generations else 0
+            record = self._read(newest) if newest else None
+            if record is None or not holder_alive(record):
+                if self._create(newest + 1):
+                    for old in generations:  # dead holders' files: the newest generation is all that counts
+                        storage.remove(self._uri(old), options=self.options)
+                    return self
+                continue  # another driver created it first: look at that one
+            if time.monotonic() >= deadline:
+                raise RunInUse(f"{self.run_uri}: run in use by {describe(record)}; give another --run-name, or "
+                               f"wait for it to end to resume it")
+            time.sleep(1.0)
+
+    def _create(self, generation: int) -> bool:
+        now = time.time()
+        record = {"owner": uuid.uuid4().hex, "pid": os.getpid(), "pid_start": process_start(os.getpid()),
+                  "machine": _machine(), "argv": sys.argv[:8], "started": now, "expires": now + self.ttl_s}
+        if not storage.create_bytes(self._uri(generation), json.dumps(record).encode(), self.options):
+            return False
+        self.generation, self._record = generation, record
+        _HELD.add(self)
+        self._thread = threading.Thread(target=self._renew, name="ganime-lease", daemon=True)
+        self._thread.start()
+        return True
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl_s / 4):
+            try:
+                if any(g > self.generation for g in self._generations()):
+                    self.lost = "another driver took the run over after this one's lease lapsed"
+                    print(f"ganime: warning: {self.run_uri}: {self.lost}", file=sys.stderr, flush=True)
+                    return
+                self._record["expires"] = time.time() + self.ttl_s
+                storage.write_bytes(self._uri(self.generation), json.dumps(self._record).encode(), self.options)
+            except storage.StorageError as e:  # the store is down: training fails on it too, or it comes back
+                print(f"ganime: warning: could not renew the run's lease: {e}", file=sys.stderr, flush=True)
+
+    def release(self) -> None:
+        if self.generation is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if not self.lost:
+            with contextlib.suppress(storage.StorageError):
+                storage.remove(self._uri(self.generation), options=self.options)
+                # Local folders outlive their files: leave none behind (nor the run's, if the run wrote nothing).
+                for folder in (self.folder, self.run_uri) if not storage.is_remote(self.folder) else ():
+                    if not storage.listdir(folder, self.options):
+                        storage.remove(folder, options=self.options)
+        self.generation = None
+        _HELD.discard(self)
+
+    def __enter__(self) -> "Lease":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def release_all() -> None:
+    """Release every lease this process holds (a driver stopped by a signal, before it exits)."""
+    for held in list(_HELD):
+        held.release()
