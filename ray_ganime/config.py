@@ -26,9 +26,11 @@ class StoreConfig(Section):
     uri: str = Field(default_factory=storage.default_store)
     endpoint_url: str | None = None
     region: str | None = None
+    # Attempts per S3 request (throttling, 5xx, a lost connection); else $GANIME_S3_MAX_ATTEMPTS, else 10.
+    max_attempts: int | None = Field(None, ge=1)
 
     def options(self) -> storage.StoreOptions:
-        return storage.StoreOptions(endpoint_url=self.endpoint_url, region=self.region)
+        return storage.StoreOptions(endpoint_url=self.endpoint_url, region=self.region, max_attempts=self.max_attempts)
 
 
 View = Literal["gray", "smooth", "smooth_gray", "lineart"]

@@ -25,6 +25,7 @@ import time
 import uuid
 
 from ray_ganime import storage
+from ray_ganime.watchdog import start_time
 
 TTL_S = 60.0
 # A holder's clock may be ahead of ours: a lease from another machine counts as live this much past its expiry.
@@ -35,15 +36,6 @@ _HELD: set["Lease"] = set()  # this process's leases, for release_all
 
 class RunInUse(storage.StorageError):
     """The run's lease is held by a live driver."""
-
-
-def process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), which tells a pid reused from a dead one."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
 
 
 def _machine() -> dict:
@@ -58,7 +50,7 @@ def _machine() -> dict:
 
 def _pid_alive(pid: int, start: str | None) -> bool:
     if start is not None:
-        return process_start(pid) == start
+        return start_time(pid) == start
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -134,7 +126,7 @@ class Lease:
 
     def _create(self, generation: int) -> bool:
         now = time.time()
-        record = {"owner": uuid.uuid4().hex, "pid": os.getpid(), "pid_start": process_start(os.getpid()),
+        record = {"owner": uuid.uuid4().hex, "pid": os.getpid(), "pid_start": start_time(os.getpid()),
                   "machine": _machine(), "argv": sys.argv[:8], "started": now, "expires": now + self.ttl_s}
         if not storage.create_bytes(self._uri(generation), json.dumps(record).encode(), self.options):
             return False
@@ -145,6 +137,7 @@ class Lease:
         return True
 
     def _renew(self) -> None:
+        failing = False  # said once per outage
         while not self._stop.wait(self.ttl_s / 4):
             try:
                 if any(g > self.generation for g in self._generations()):
@@ -154,7 +147,11 @@ class Lease:
                 self._record["expires"] = time.time() + self.ttl_s
                 storage.write_bytes(self._uri(self.generation), json.dumps(self._record).encode(), self.options)
             except storage.StorageError as e:  # the store is down: training fails on it too, or it comes back
-                print(f"ganime: warning: could not renew the run's lease: {e}", file=sys.stderr, flush=True)
+                if not failing:
+                    print(f"ganime: warning: could not renew the run's lease: {e}", file=sys.stderr, flush=True)
+                failing = True
+            else:
+                failing = False
 
     def release(self) -> None:
         if self.generation is None:

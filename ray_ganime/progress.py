@@ -14,7 +14,7 @@ import time
 
 from tqdm import tqdm
 
-from ray_ganime import storage
+from ray_ganime import checkpoints, storage
 
 # Bookkeeping fields of a metrics line, not shown per epoch.
 HIDDEN = {"epoch", "global_step", "epoch_time_s", "images_per_s", "val_split", "val_images", "ranks_in_sync"}
@@ -47,10 +47,13 @@ class RunProgress:
     ``interval_s`` in a thread, until ``close``."""
 
     def __init__(self, run_uri: str, options: storage.StoreOptions | None, epochs: int, start_epoch: int,
-                 interval_s: float = 1.0):
-        self.uri, self.options, self.epochs, self.seen = storage.join(run_uri, "metrics.jsonl"), options, epochs, start_epoch
-        self.first, self.interval_s, self.started = start_epoch, interval_s, time.monotonic()
+                 checkpoint_every: int = 1, interval_s: float = 1.0):
+        self.uri, self.options, self.epochs = storage.join(run_uri, "metrics.jsonl"), options, epochs
+        self.first = self.seen = start_epoch
+        self.interval_s, self.started = interval_s, time.monotonic()
         self.told: set[str] = set()
+        self.checkpoint: str | None = None  # the newest complete checkpoint seen
+        self.checkpoint_every, self._pending = checkpoint_every, None  # an epoch whose checkpoint is not seen yet
         self.bar = tqdm(total=epochs, initial=start_epoch, unit="epoch", file=sys.stderr, leave=False,
                         disable=not sys.stderr.isatty(), dynamic_ncols=True)
         self._stop = threading.Event()
@@ -73,6 +76,8 @@ class RunProgress:
             if m.get("epoch", 0) <= self.seen:
                 continue
             self.seen = m["epoch"]
+            if self.seen % self.checkpoint_every == 0 or self.seen == self.epochs:
+                self._pending = self.seen
             done = self.seen - self.first
             eta = (time.monotonic() - self.started) / done * (self.epochs - self.seen) if done else None
             for notice in notices(m):
@@ -82,6 +87,18 @@ class RunProgress:
             tqdm.write(epoch_line(m, self.epochs, eta), file=sys.stdout)
             sys.stdout.flush()
             self.bar.update(self.seen - self.bar.n)
+        if self._pending is not None:
+            self._look_for_checkpoint(self._pending)
+
+    def _look_for_checkpoint(self, epoch: int) -> None:
+        """Remember the newest complete checkpoint (its meta.json comes last, after the epoch's metrics line):
+        where to resume if the store is lost."""
+        folder = storage.join(self.uri.rsplit("/", 1)[0], checkpoints.folder_name(epoch))
+        try:
+            if storage.exists(storage.join(folder, checkpoints.META_FILE), self.options):
+                self.checkpoint, self._pending = folder, None
+        except storage.StorageError:
+            pass
 
     def close(self) -> None:
         self._stop.set()

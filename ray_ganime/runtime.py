@@ -12,6 +12,7 @@ import shlex
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -23,6 +24,7 @@ import ray
 from ray.util.debug import log_once
 
 from ray_ganime.config import ConfigError
+from ray_ganime.watchdog import descendants, start_time
 
 # Ray Serve's high-throughput mode (Ray >= 2.55, "Enable High Throughput on Ray Serve" in Ray's docs): HAProxy on
 # the HTTP port in place of Serve's Python proxy, the ingress replicas answering HTTP themselves, and gRPC between
@@ -42,6 +44,7 @@ T = TypeVar("T")
 # `ganime -v`: Ray's own output (its workers' logs, Ray Train's and Ray Data's lines) in the terminal as well;
 # without it, a run's terminal shows the run (progress.RunProgress) and Ray's logs go to the run folder.
 SHOW_RAY_LOGS = False
+_WATCHDOG: subprocess.Popen | None = None  # ray_ganime.watchdog, started by make_stoppable
 _OWN_LOGS: str | None = None  # the logs folder of the Ray session that this process started
 
 
@@ -151,30 +154,17 @@ def save_ray_logs(uri: str, options=None) -> None:
 def make_stoppable() -> None:
     """Before ``init_ray`` starts a Ray that ``stop_own_ray`` will stop. Makes this process the parent of its
     descendants' orphans (Linux's child subreaper), so that all that Ray starts stays findable under it: HAProxy,
-    whose actor may die first, and workers and agents, whose raylet may. And its driver waits 0.5 s, not 5, to
-    flush task events to a GCS that is already gone."""
+    whose actor may die first, and workers and agents, whose raylet may. Starts ``ray_ganime.watchdog``, which
+    stops them if this process is killed outright. And its driver waits 0.5 s, not 5, to flush task events to a
+    GCS that is already gone."""
     os.environ.setdefault("RAY_task_events_shutdown_flush_timeout_ms", "500")
     if sys.platform == "linux":
         PR_SET_CHILD_SUBREAPER = 36
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def descendants(pid: int | None = None) -> list[int]:
-    """Live (not zombie) descendants of ``pid`` (this process), from Linux's /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
-        except (OSError, ValueError):  # gone meanwhile
-            continue
-        if state != "Z":
-            children.setdefault(int(ppid), []).append(int(stat.parent.name))
-    found, queue = [], [pid or os.getpid()]
-    while queue:
-        kids = children.get(queue.pop(), [])
-        found += kids
-        queue += kids
-    return found
+        global _WATCHDOG
+        if _WATCHDOG is None:  # for a SIGKILL, which nothing of this process outlives
+            _WATCHDOG = subprocess.Popen([sys.executable, "-m", "ray_ganime.watchdog", str(os.getpid()),
+                                          str(start_time(os.getpid()))], stdin=subprocess.DEVNULL)
 
 
 class Stopped(Exception):

@@ -347,6 +347,27 @@ def _classify(exc: BaseException) -> str | None:
     return None
 
 
+def store_failure(exc: BaseException) -> BaseException | None:
+    """The store's failure behind ``exc`` (no space left, S3 unreachable or refusing: a StorageError or the
+    OSError / botocore error under one), wherever Ray wrapped it: a task's cause, Ray Train's worker and
+    controller failures, exception chains. None when the store is not what failed."""
+    seen: set[int] = set()
+    queue: list = [exc]
+    while queue:
+        e = queue.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(getattr(e, "cause", None), BaseException):  # a Ray task's error: its text is a traceback
+            queue.append(e.cause)
+            continue
+        if isinstance(e, StorageError) or _classify(e) in ("bucket", "denied", "nocreds", "unreachable", "nospace"):
+            return e
+        queue += [e.__cause__, e.__context__, getattr(e, "controller_failure", None),
+                  *(getattr(e, "worker_failures", None) or {}).values()]
+    return None
+
+
 def translate_error(uri: str, exc: BaseException, options: StoreOptions | None = None) -> StorageError:
     """The one-line StorageError for a failure of an operation on ``uri`` (raise it ``from exc``).
 

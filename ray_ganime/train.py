@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import yaml
 
-from ray_ganime import checkpoints, images, lease, preview, progress, shards, storage, transforms
+from ray_ganime import checkpoints, images, lease, preview, progress, shards, storage, transforms, watchdog
 from ray_ganime.config import Config, ConfigError
 from ray_ganime.data import Pixels, ShardData
 from ray_ganime.recipes import recipe_class
@@ -261,9 +261,9 @@ def _tensorboard_folder() -> Path:
     workers)."""
     for old in Path(tempfile.gettempdir()).glob("ganime-tb-*-*-*"):
         pid, start = old.name.split("-")[2:4]
-        if pid.isdigit() and lease.process_start(int(pid)) != start:
+        if pid.isdigit() and watchdog.start_time(int(pid)) != start:
             shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"ganime-tb-{os.getpid()}-{lease.process_start(os.getpid())}-"))
+    return Path(tempfile.mkdtemp(prefix=f"ganime-tb-{os.getpid()}-{watchdog.start_time(os.getpid())}-"))
 
 
 class RunLog:
@@ -542,9 +542,16 @@ def _fit(cfg: Config, recipe, data: ShardData, uri: str, use_gpu: bool, callback
     loop_config = {"cfg": cfg.model_dump(mode="json"), "run_uri": uri, "dataset_uri": data.uri, "resume": resume,
                    "checkpoint_epochs": list(checkpoint_epochs)}
     datasets = data.stream_datasets(recipe_cls.streams)
-    shown = progress.RunProgress(uri, options, t.epochs, first) if show_progress else None
+    shown = progress.RunProgress(uri, options, t.epochs, first, t.checkpoint_every) if show_progress else None
     try:
         metrics, checkpoint = _train(cfg, loop_config, datasets, uri, use_gpu, callbacks)
+    except Exception as e:
+        failure = storage.store_failure(e)
+        if failure is None:
+            raise
+        # One line (Ray's wrappers would add pages of traceback): what failed and where the run can resume.
+        raise RunFailed(f"{storage.translate_error(uri, failure, options)}; {_last_checkpoint(uri, options, shown)}"
+                        ) from e
     finally:
         if shown is not None:
             shown.close()
@@ -553,6 +560,23 @@ def _fit(cfg: Config, recipe, data: ShardData, uri: str, use_gpu: bool, callback
         print(f"skipped {skipped} rows that did not decode, e.g. {reasons[:3]}")
     return {"run": uri, "name": cfg.train.run_name, "metrics": metrics, "skipped_rows": skipped,
             "checkpoint": checkpoint}
+
+
+class RunFailed(storage.StorageError):
+    """The store failed under a run (no space left, S3 lost): one line, with where the run can resume."""
+
+
+def _last_checkpoint(uri: str, options: storage.StoreOptions | None, shown: progress.RunProgress | None) -> str:
+    try:
+        newest = checkpoints.newest_valid(uri, options).uri
+    except storage.StorageError:  # the store is what failed: the newest one this driver saw complete
+        newest = shown.checkpoint if shown is not None else None
+        if newest is None:
+            return "the last complete checkpoint could not be looked up; re-run the same command once the store " \
+                   "works to resume from it"
+    if newest is None:
+        return "no checkpoint was complete"
+    return f"last complete checkpoint: {newest} (re-run the same command to resume from it)"
 
 
 def _train(cfg: Config, loop_config: dict, datasets: dict, uri: str, use_gpu: bool,

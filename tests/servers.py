@@ -120,6 +120,15 @@ def moto_server(log_dir: Path, env: dict[str, str] | None = None, timeout_s: flo
             proc.wait()
 
 
+def kill_moto(endpoint: str) -> None:
+    """SIGKILL the ``moto_server`` serving ``endpoint`` (an S3 endpoint lost mid-run)."""
+    port = endpoint.rsplit(":", 1)[1]
+    pids = [pid for pid in _processes_mentioning(f" -p {port}") if "moto_server" in command_line(pid)]
+    assert pids, f"no moto_server on port {port}"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+
+
 def _processes_mentioning(text: str) -> list[int]:
     """Pids of this user's processes whose command line contains ``text`` (Linux /proc)."""
     pids = []
@@ -289,7 +298,7 @@ def command_line(pid: int) -> str:
 
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its live descendants."""
-    from ray_ganime.runtime import descendants
+    from ray_ganime.watchdog import descendants
 
     return [pid, *descendants(pid)]
 

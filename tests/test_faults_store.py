@@ -1,24 +1,27 @@
 """Faults of checkpoints and of the store (issue 12, items 6 and 7): a damaged checkpoint is named in one line
 and a run resumes from its newest good one; an S3 endpoint that refuses connections fails within seconds.
 
-One test runs Ray (two tiny fits of test_train's configuration: 32 px, 3 steps per epoch); the rest does not.
+Two tests run Ray (tiny fits of test_train's configuration: 32 px, 3 steps per epoch); the rest does not.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
-from runs import SMALL_DATASET, make_cfg, metrics_lines, unique
-from servers import free_ports
+from runs import SMALL_DATASET, make_cfg, metrics_lines, sets, tiny_overrides, unique
+from servers import free_ports, kill_moto, moto_server
 
-from ray_ganime import checkpoints, train
+from ray_ganime import checkpoints, storage, train
 from ray_ganime.checkpoints import META_FILE, STATE_FILE, CheckpointError
 from ray_ganime.cli import main
+from ray_ganime.config import load_config
 from ray_ganime.demo import ensure_synthetic
 from ray_ganime.recipes import recipe_class
 
@@ -174,3 +177,56 @@ def test_a_truncated_newest_checkpoint_is_skipped_and_the_run_resumes(store):
         train.fit(make_cfg(store, name))
     assert str(error.value) == f"{run}: no usable checkpoint; the newest: {newest}: state.pt is missing (1 checked). " \
                                f"Start another run name, or train.resume_from one you trust"
+
+
+@pytest.mark.ray
+def test_an_s3_endpoint_lost_mid_run_ends_in_one_line_naming_the_last_checkpoint(tmp_path, ray_session, capsys):
+    """The store's own error (kept: it is right) as one line, not the pages of Ray Train's worker-failure
+    report, with the newest checkpoint the driver saw complete, since the store can no longer be asked."""
+    import boto3
+
+    with moto_server(tmp_path) as endpoint:
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="lost")
+        store, name = "s3://lost/store", unique("lost")
+        # Two attempts per request: pyarrow's retry strategy (Ray Train's checkpoint upload) backs off from a
+        # refused connection as from throttling, for minutes at the default 10.
+        overrides = tiny_overrides(store, f"store.endpoint_url={endpoint}", "store.max_attempts=2",
+                                   "train.epochs=40", "train.num_workers=1")
+        ensure_synthetic(*SMALL_DATASET, load_config(None, overrides))
+        capsys.readouterr()
+        meta = f"store/runs/{name}/checkpoint_epoch_0001/{META_FILE}"
+
+        def lose_the_store() -> None:
+            client, deadline = boto3.client("s3", endpoint_url=endpoint), time.monotonic() + 120
+            while not client.list_objects_v2(Bucket="lost", Prefix=meta).get("KeyCount"):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            time.sleep(2)  # the driver looks at the run folder every second
+            kill_moto(endpoint)
+
+        killer = threading.Thread(target=lose_the_store)
+        killer.start()
+        assert main(["train", "--run-name", name, *sets(overrides)]) == 2
+        killer.join()
+    *warnings, error = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(rf"ganime: error: s3://lost/store/runs/{name}\S*: cannot reach S3 endpoint {endpoint}; last "
+                        rf"complete checkpoint: s3://lost/store/runs/{name}/checkpoint_epoch_\d{{4}} \(re-run the "
+                        rf"same command to resume from it\)", error), error
+    # Said once, not once per renewal.
+    assert warnings in ([], [f"ganime: warning: could not renew the run's lease: s3://lost/store/runs/{name}/lease: "
+                             f"cannot reach S3 endpoint {endpoint}"]), warnings
+
+
+def test_no_space_left_under_ray_train_is_found_behind_its_wrappers():
+    """Disk full on a worker reaches the driver inside Ray Train's worker-failure report."""
+    import errno
+
+    from ray.exceptions import RayTaskError
+    from ray.train import WorkerGroupError
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    wrapped = WorkerGroupError("rank 0 failed", {0: RayTaskError("train_loop", "Traceback ...", full)})
+    assert storage.store_failure(wrapped) is full
+    assert str(storage.translate_error("/runs/r/checkpoint_epoch_0003", full)) == \
+        "/runs/r/checkpoint_epoch_0003: no space left on device"
+    assert storage.store_failure(WorkerGroupError("bug", {0: ValueError("a bug")})) is None

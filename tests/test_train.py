@@ -417,15 +417,14 @@ def test_a_run_name_in_use_is_refused_in_one_line_and_free_once_its_holder_died(
     assert not (Path(run) / "lease").exists()
 
 
-def test_ctrl_c_stops_a_run_within_seconds_and_it_resumes_exactly(store, tmp_path):
-    """SIGINT to the process group of a `ganime train` on a Ray of its own, as a terminal's Ctrl-C sends it, on a
-    Ray Train worker (whose fit took SIGINT over for a graceful abort that did not end). Then the run resumed
-    under its name equals one never stopped. The terminal shows the run's epochs, not Ray's internals."""
-    from servers import alive, process_tree, tail
+@contextlib.contextmanager
+def train_process(store: str, name: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path, list[str]]]:
+    """`ganime train` of a 40-epoch tiny run on a Ray of its own, in its own process group: (process, its output,
+    its arguments) once its first checkpoint is complete. The group is killed afterwards."""
+    from servers import tail
 
-    name, overrides = unique("ctrl-c"), ["train.epochs=40"]
     run = Path(store) / "runs" / name
-    argv = ["train", "--run-name", name, *sets(tiny_overrides(store, *overrides))]
+    argv = ["train", "--run-name", name, *sets(tiny_overrides(store, "train.epochs=40"))]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     log = tmp_path / "train.log"
     with open(log, "wb") as out:
@@ -436,32 +435,67 @@ def test_ctrl_c_stops_a_run_within_seconds_and_it_resumes_exactly(store, tmp_pat
         while not (run / "checkpoint_epoch_0001" / checkpoints.META_FILE).exists():
             assert proc.poll() is None and time.monotonic() < deadline, tail(log)
             time.sleep(0.2)
+        yield proc, log, argv
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def assert_gone(pids: list[int], within_s: float) -> None:
+    from servers import alive
+
+    deadline = time.monotonic() + within_s  # killed processes can take a moment to go
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(pids) > 5 and not alive(pids), alive(pids)
+
+
+def test_ctrl_c_stops_a_run_within_seconds_and_it_resumes_exactly(store, tmp_path):
+    """SIGINT to the process group of a `ganime train` on a Ray of its own, as a terminal's Ctrl-C sends it, on a
+    Ray Train worker (whose fit took SIGINT over for a graceful abort that did not end). Then the run resumed
+    under its name equals one never stopped. The terminal shows the run's epochs, not Ray's internals."""
+    from servers import process_tree, tail
+
+    name = unique("ctrl-c")
+    run = Path(store) / "runs" / name
+    with train_process(store, name, tmp_path) as (proc, log, argv):
         tree = process_tree(proc.pid)
         stopped = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=10) == 130, tail(log)
         assert time.monotonic() - stopped < 10
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5  # killed processes can take a moment to go
-    while alive(tree) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert len(tree) > 5 and not alive(tree), alive(tree)
+    assert_gone(tree, 5)
     text = log.read_text()
     epoch = max(checkpoints.epoch_of(c) for c in checkpoints.run_checkpoints(str(run)))
     assert (f"ganime: stopped. last complete checkpoint: {run}/checkpoint_epoch_{epoch:04d} (epoch {epoch})\n"
             f"resume with: ganime {' '.join(argv)}\n") in text, text
     assert not (run / "lease").exists()
     # A terminal a person can read: the run's own lines, Ray's in the run folder.
-    assert f"epoch 1/40  G_L1 " in text and "eta 0:" in text and (run / "logs" / "raylet.out").is_file()
+    assert "epoch 1/40  G_L1 " in text and "eta 0:" in text and (run / "logs" / "raylet.out").is_file()
     for noise in ("TrainingReport(", "Execution plan", "Traceback"):
         assert noise not in text, text
 
     # Resumed (here in this process) for one more epoch, it equals a run never stopped.
-    resumed = train.fit(make_cfg(store, name, *overrides, LOCAL, f"train.stop_after={epoch + 1}"))
-    straight = train.fit(make_cfg(store, unique("straight"), *overrides, LOCAL, f"train.stop_after={epoch + 1}"))
+    resumed = train.fit(make_cfg(store, name, "train.epochs=40", LOCAL, f"train.stop_after={epoch + 1}"))
+    straight = train.fit(make_cfg(store, unique("straight"), "train.epochs=40", LOCAL, f"train.stop_after={epoch + 1}"))
     sa, sb = saved_state(straight["checkpoint"]), saved_state(resumed["checkpoint"])
     assert sa["epoch"] == sb["epoch"] == epoch + 1
     assert_states_equal(sa["recipe"], sb["recipe"], "recipe")
     assert [m["epoch"] for m in metrics_lines(resumed["run"])] == list(range(1, epoch + 2))
+
+
+def test_a_killed_driver_leaves_no_process_behind_and_its_run_resumes_at_once(store, tmp_path):
+    """SIGKILL to `ganime train` alone (the OOM killer, `kill -9`): nothing of it runs, so its watchdog stops the
+    Ray it started (which ran on for a minute and more), and its lease no longer holds the run name."""
+    from servers import process_tree
+
+    name = unique("killed")
+    run = Path(store) / "runs" / name
+    with train_process(store, name, tmp_path) as (proc, _, _):
+        tree = process_tree(proc.pid)
+        proc.kill()
+        proc.wait()
+        assert_gone(tree, 10)
+    epoch = max(checkpoints.epoch_of(c) for c in checkpoints.run_checkpoints(str(run)))
+    out = train.fit(make_cfg(store, name, "train.epochs=40", LOCAL, f"train.stop_after={epoch + 1}"))
+    assert out["metrics"]["epoch"] == epoch + 1
