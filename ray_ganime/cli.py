@@ -181,6 +181,12 @@ def cmd_tune(args) -> None:
         print(f"package:  {uri}")
 
 
+def cmd_demo(args) -> None:
+    from ray_ganime import demo
+
+    _until_signal(lambda: demo.main(args), lambda: "`ganime demo` starts a new run each time")
+
+
 def cmd_recipes(args) -> None:
     from ray_ganime.recipes import RECIPES, recipe_class
 
@@ -449,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on the embedded default: synthetic pairs -> train -> evaluate")
     p.add_argument("--count", type=int, default=400, help="synthetic pairs to draw (once; reused later)")
     _config_args(p)
-    p.set_defaults(func=lambda a: __import__("ray_ganime.demo", fromlist=["main"]).main(a))
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

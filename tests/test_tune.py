@@ -8,6 +8,7 @@ trials on Ray Train workers: a paused trial that comes back continues a Ray Trai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -389,9 +390,10 @@ def _trial_statuses(sweep: Path) -> dict[str, str]:
     return {t["trial_id"]: t["status"] for t in trials}
 
 
-def _run_until_killed(tree: dict, name: str, tmp_path: Path, until) -> dict[str, str]:
-    """Starts `ganime tune` on ``tree`` as a separate driver, SIGKILLs it once Tune's saved trial statuses
-    satisfy ``until``, and returns those statuses (what a resume starts from)."""
+def _run_until_killed(tree: dict, name: str, tmp_path: Path, until, signum: int = signal.SIGKILL) -> dict[str, str]:
+    """Starts `ganime tune` on ``tree`` as a separate driver, sends ``signum`` to its process group once Tune's
+    saved trial statuses satisfy ``until``, and returns those statuses (what a resume starts from). SIGINT (a
+    terminal's Ctrl-C): it must exit 130 within 10 s, saying how to resume."""
     import ray
 
     config = tmp_path / "sweep.yaml"
@@ -399,7 +401,9 @@ def _run_until_killed(tree: dict, name: str, tmp_path: Path, until) -> dict[str,
     sweep = Path(tree["store"]["uri"]) / "sweeps" / name
     # The driver joins the session's Ray (as `ray job submit` would), so killing it ends its trials but
     # leaves the cluster.
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    # Tune saves its trials' statuses every 10 s or more: every second here, so that the stop comes while some
+    # trials are still to run.
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     log = tmp_path / "driver.log"
     with open(log, "wb") as out:
         driver = subprocess.Popen([sys.executable, "-m", "ray_ganime", "tune", str(config), "--name", name],
@@ -410,18 +414,26 @@ def _run_until_killed(tree: dict, name: str, tmp_path: Path, until) -> dict[str,
             assert driver.poll() is None, f"driver exited early:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"the sweep never got there:\n{log.read_text()[-3000:]}"
             time.sleep(1)
+        os.killpg(driver.pid, signum)
+        if signum == signal.SIGINT:
+            assert driver.wait(timeout=10) == 130, log.read_text()[-3000:]
+            assert f"resume with: ganime tune --resume {name}\n" in log.read_text(), log.read_text()[-3000:]
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     return _trial_statuses(sweep)
 
 
 def test_a_killed_sweep_resumes_and_reports_every_trial_once(store, tmp_path):
+    """Stopped by Ctrl-C (SIGINT to the driver's group), which ends it at once as a kill would: Tune's own graceful
+    stop waited on the trials."""
     name = f"resume-{uuid.uuid4().hex[:6]}"
     tree = sweep_tree(store, loss={"tv": {"grid": [0.0, 1e-3, 1e-1]}},
                       train={"epochs": 2}, tune={"scheduler": "none", "max_concurrent_trials": 2, "export": False})
     sweep = Path(store) / "sweeps" / name
-    before = _run_until_killed(tree, name, tmp_path, lambda statuses: "TERMINATED" in statuses.values())
+    before = _run_until_killed(tree, name, tmp_path, lambda statuses: "TERMINATED" in statuses.values(),
+                               signal.SIGINT)
     finished = [t for t, s in before.items() if s == "TERMINATED"]
     assert len(finished) < 3, "the driver was killed too late to leave anything to resume"
     finished_logs = {t: (sweep / "runs" / t / "metrics.jsonl").stat().st_mtime_ns for t in finished}
