@@ -18,11 +18,13 @@ INTERVAL_S = 0.5
 
 
 def start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux): tells a pid reused by another process."""
+    """The process's start time in clock ticks since boot (Linux): tells a pid reused by another process. None
+    when no process runs as ``pid`` (a zombie, killed but not yet reaped, runs no more)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    return fields[19] if len(fields) > 19 and fields[0] != "Z" else None
 
 
 def descendants(pid: int | None = None) -> list[int]:
@@ -44,9 +46,11 @@ def descendants(pid: int | None = None) -> list[int]:
 
 
 def watch(pid: int, started: str) -> None:
+    # Every descendant ever seen: when the driver dies, Ray's processes that share its fate die with it and
+    # theirs (agents, workers) are orphaned at once, before a last look could find them under it.
     known: dict[int, str | None] = {}
     while start_time(pid) == started:
-        known = {p: start_time(p) for p in descendants(pid) if p != os.getpid()}
+        known.update((p, start_time(p)) for p in descendants(pid) if p != os.getpid())
         time.sleep(INTERVAL_S)
     for p, when in known.items():
         if when is not None and start_time(p) == when:

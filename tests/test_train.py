@@ -418,13 +418,14 @@ def test_a_run_name_in_use_is_refused_in_one_line_and_free_once_its_holder_died(
 
 
 @contextlib.contextmanager
-def train_process(store: str, name: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path, list[str]]]:
+def train_process(store: str, name: str, tmp_path: Path, *overrides: str
+                  ) -> Iterator[tuple[subprocess.Popen, Path, list[str]]]:
     """`ganime train` of a 40-epoch tiny run on a Ray of its own, in its own process group: (process, its output,
     its arguments) once its first checkpoint is complete. The group is killed afterwards."""
     from servers import tail
 
     run = Path(store) / "runs" / name
-    argv = ["train", "--run-name", name, *sets(tiny_overrides(store, "train.epochs=40"))]
+    argv = ["train", "--run-name", name, *sets(tiny_overrides(store, "train.epochs=40", *overrides))]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     log = tmp_path / "train.log"
     with open(log, "wb") as out:
@@ -491,7 +492,7 @@ def test_a_killed_driver_leaves_no_process_behind_and_its_run_resumes_at_once(st
 
     name = unique("killed")
     run = Path(store) / "runs" / name
-    with train_process(store, name, tmp_path) as (proc, _, _):
+    with train_process(store, name, tmp_path, LOCAL) as (proc, _, _):  # its own Ray all the same: Ray Data's
         tree = process_tree(proc.pid)
         proc.kill()
         proc.wait()
