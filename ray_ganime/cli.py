@@ -17,6 +17,10 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set data.crop_size=64 (repeatable)")
     p.add_argument("--store", help="store root URI (local folder or s3://bucket/prefix); default $GANIME_STORE")
+    _verbose_arg(p)
+
+
+def _verbose_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show Ray's own output too (its workers' logs, Ray Train's and Ray Data's lines)")
 
@@ -82,13 +86,16 @@ def _until_signal(work, stopped) -> object:
     try:
         return runtime.until_signal(work)
     except runtime.Stopped as stop:
-        print(f"\nganime: stopping ({stop})...", file=sys.stderr, flush=True)
-        if own_ray:
-            runtime.stop_own_ray()
-        print(f"ganime: stopped. {stopped()}", file=sys.stderr, flush=True)
-        lease.release_all()  # last: a training thread of this process may still be writing until the exit
-        sys.stdout.flush()
-        os._exit(128 + stop.signum)
+        try:
+            print(f"\nganime: stopping ({stop})...", file=sys.stderr, flush=True)
+            if own_ray:
+                runtime.stop_own_ray()
+            print(f"ganime: stopped. {stopped()}", file=sys.stderr, flush=True)
+        finally:
+            lease.release_all()  # last: a training thread of this process may still be writing until the exit
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + stop.signum)
 
 
 def _save_ray_logs(uri: str | None, cfg: cfgmod.Config) -> None:
@@ -102,10 +109,11 @@ def _save_ray_logs(uri: str | None, cfg: cfgmod.Config) -> None:
         print(f"ganime: warning: Ray's logs were not saved to {uri}: {e}", file=sys.stderr)
 
 
-def _resume_command(argv: list[str], option: str, value: str) -> str:
+def _resume_command(argv: list[str], option: str = "", value: str = "") -> str:
+    """The ganime command line of ``argv``, with ``option value`` added unless ``argv`` has the option."""
     import shlex
 
-    given = any(a == option or a.startswith(option + "=") for a in argv)
+    given = not option or any(a == option or a.startswith(option + "=") for a in argv)
     return shlex.join(["ganime", *argv, *(() if given else (option, value))])
 
 
@@ -165,12 +173,12 @@ def cmd_tune(args) -> None:
     if bool(args.config) == bool(args.resume):
         raise cfgmod.ConfigError("give a sweep config (ganime tune CONFIG) or --resume NAME, not both")
     tree = cfgmod.load_tree(args.config, _overrides(args, **{"tune.name": args.name}))
-    if not args.resume:  # named now, to say how to resume it if a signal stops it
-        tree.setdefault("tune", {}).setdefault("name", tune.new_name(tree))
+    if not args.resume and not (tree.get("tune") or {}).get("name"):  # named now, to say how to resume it
+        tree["tune"] = {**(tree.get("tune") or {}), "name": tune.new_name(tree)}
     name = args.resume or tree["tune"]["name"]
+    resume = ["tune", "--resume", name, *(["--store", args.store] if args.store else [])]
     out = _until_signal(lambda: tune.run(tree, resume=args.resume),
-                        lambda: f"resume with: ganime tune --resume {name}" + (f" --store {args.store}"
-                                                                               if args.store else ""))
+                        lambda: f"resume with: {_resume_command(resume)}")
     print(f"\nsweep:    {out['sweep']}  ({len(out['trials'])} trials; resume with --resume {out['name']})")
     for key in ("markdown", "csv", "plot"):
         print(f"{key + ':':<9} {out[key]}")
@@ -401,8 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=20 (repeatable)")
     p.add_argument("--store", help="store root URI (local folder or s3://bucket/prefix); default $GANIME_STORE")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="show Ray's own output too (its workers' logs, Ray Train's and Ray Data's lines)")
+    _verbose_arg(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("export", help="a checkpoint's generators -> model packages <store>/models/NAME[-DIRECTION]")

@@ -6,7 +6,8 @@ writes anything there, and another driver is refused in one line while the lease
 
 The lease is a file per generation, ``<run>/lease/NNNNNN.json``, created with the store's exclusive create
 (local: a hard link; S3: a conditional PUT): of two drivers that find the newest generation free, exactly one
-creates the next. The holder rewrites its file every ``ttl / 4`` with a new expiry and deletes it when it ends.
+creates the next. The holder rewrites its file every ``ttl / 4`` with a new expiry and marks it released when it
+ends; the next holder removes the older files.
 A generation is free when it was released, when its expiry has passed (a holder on another machine that died
 holds the run at most ``ttl``), or at once when its holder ran on this machine and that process is gone (a
 killed ``ganime train`` can be resumed right away).
@@ -102,10 +103,10 @@ class Lease:
         return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
 
     def _read(self, generation: int) -> dict | None:
-        try:
-            return storage.read_json(self._uri(generation), self.options)
-        except storage.StorageError:  # released (deleted) meanwhile
+        uri = self._uri(generation)
+        if not storage.exists(uri, self.options):  # removed meanwhile by a newer holder
             return None
+        return storage.read_json(uri, self.options)  # any other failure is an error, not a free run
 
     def acquire(self) -> "Lease":
         deadline = time.monotonic() + self.wait_s
@@ -113,10 +114,13 @@ class Lease:
             generations = self._generations()
             newest = generations[-1] if generations else 0
             record = self._read(newest) if newest else None
+            if newest and record is None:
+                continue  # a newer holder came and cleaned up: look at its file
             if record is None or not holder_alive(record):
                 if self._create(newest + 1):
-                    for old in generations:  # dead holders' files: the newest generation is all that counts
-                        storage.remove(self._uri(old), options=self.options)
+                    for old in generations:  # earlier holders' files: the newest generation is all that counts
+                        with contextlib.suppress(storage.StorageError):
+                            storage.remove(self._uri(old), options=self.options)
                     return self
                 continue  # another driver created it first: look at that one
             if time.monotonic() >= deadline:
@@ -154,18 +158,17 @@ class Lease:
                 failing = False
 
     def release(self) -> None:
+        """Marks this holder's file released (kept, not deleted: generation numbers only ever go up, so a driver
+        that listed the folder before this cannot create a number another one has)."""
         if self.generation is None:
             return
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=1)  # a renewal stuck in a store's retries must not hold up a stop
         if not self.lost:
             with contextlib.suppress(storage.StorageError):
-                storage.remove(self._uri(self.generation), options=self.options)
-                # Local folders outlive their files: leave none behind (nor the run's, if the run wrote nothing).
-                for folder in (self.folder, self.run_uri) if not storage.is_remote(self.folder) else ():
-                    if not storage.listdir(folder, self.options):
-                        storage.remove(folder, options=self.options)
+                storage.write_json(self._uri(self.generation), {**self._record, "released": time.time()},
+                                   self.options)
         self.generation = None
         _HELD.discard(self)
 
@@ -176,7 +179,9 @@ class Lease:
         self.release()
 
 
-def release_all() -> None:
-    """Release every lease this process holds (a driver stopped by a signal, before it exits)."""
-    for held in list(_HELD):
-        held.release()
+def release_all(timeout_s: float = 5.0) -> None:
+    """Release every lease this process holds (a driver stopped by a signal, before it exits), giving up after
+    ``timeout_s`` (a store that is down: the lease then lapses, or its holder is seen dead on this machine)."""
+    releasing = threading.Thread(target=lambda: [held.release() for held in list(_HELD)], daemon=True)
+    releasing.start()
+    releasing.join(timeout_s)

@@ -72,7 +72,10 @@ class RunProgress:
         except storage.StorageError:  # the store is briefly unreachable: the run itself reports real failures
             return
         for line in lines:
-            m = json.loads(line) if line.strip() else {}
+            try:
+                m = json.loads(line) if line.strip() else {}
+            except ValueError:  # written whole by rank 0, but a store or a person may not
+                continue
             if m.get("epoch", 0) <= self.seen:
                 continue
             self.seen = m["epoch"]

@@ -188,18 +188,15 @@ def until_signal(work: Callable[[], T]) -> T:
             outcome["error"] = e
 
     def stop(signum, frame) -> None:
+        for s in previous:  # the caller's cleanup runs once, whatever else arrives (Ctrl-C twice, a group's TERM)
+            signal.signal(s, signal.SIG_IGN)
         raise Stopped(signum)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     thread = threading.Thread(target=run, name="ganime-work", daemon=True)
-    try:
-        thread.start()
-        while thread.is_alive():
-            thread.join(0.2)
-    except Stopped:
-        for s in previous:  # the caller's cleanup runs once, whatever else arrives (Ctrl-C twice, a group's TERM)
-            signal.signal(s, signal.SIG_IGN)
-        raise
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
     for s, handler in previous.items():
         signal.signal(s, handler)
     if "error" in outcome:

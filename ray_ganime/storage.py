@@ -492,9 +492,9 @@ def write_bytes(uri: str, data: bytes, options: StoreOptions | None = None) -> N
 
 
 def create_bytes(uri: str, data: bytes, options: StoreOptions | None = None) -> bool:
-    """Write ``data`` to ``uri`` only if nothing is there, atomically: False when something is (of two
-    concurrent creators, exactly one gets True). Local: a hard link of a finished temp file; S3: a conditional
-    PUT (If-None-Match: *), which AWS S3, MinIO and moto honour."""
+    """Write ``data`` to ``uri`` only if nothing is there, atomically: False when something is, or another
+    writer's create raced this one (of two concurrent creators, at most one gets True). Local: a hard link of a
+    finished temp file; S3: a conditional PUT (If-None-Match: *), which AWS S3, MinIO and moto honour."""
     loc = resolve(uri, options)
     with _translated(loc.uri, options):
         if loc.remote:
@@ -503,6 +503,11 @@ def create_bytes(uri: str, data: bytes, options: StoreOptions | None = None) -> 
                 return True
             except FileExistsError:
                 return False
+            except OSError as e:  # AWS: 412 without the condition named, 409 for a concurrent conditional write
+                if any(isinstance(c, botocore.exceptions.ClientError) and c.response.get("Error", {}).get("Code")
+                       in ("PreconditionFailed", "ConditionalRequestConflict") for c in _chain(e)):
+                    return False
+                raise
         _make_folder(os.path.dirname(loc.path))
         temp = _local_temp_name(loc.path)
         try:

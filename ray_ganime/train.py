@@ -255,15 +255,24 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
             for k, v in batch.items()}
 
 
+def metrics_until(uri: str, options: storage.StoreOptions | None, epoch: int) -> list[str]:
+    """The run's metrics.jsonl lines up to ``epoch``: a resumed run's log drops those of the epochs it trains
+    again (trained past its last checkpoint)."""
+    path = storage.join(uri, "metrics.jsonl")
+    previous = storage.read_bytes(path, options).decode().splitlines() if storage.exists(path, options) else []
+    return [line for line in previous if line and json.loads(line)["epoch"] <= epoch]
+
+
 def _tensorboard_folder() -> Path:
     """A temporary folder for TensorBoard's event files (it writes local files only), named by this process, so
     that any later run removes the folders of processes that died without removing theirs (killed drivers and
     workers)."""
-    for old in Path(tempfile.gettempdir()).glob("ganime-tb-*-*-*"):
+    mine = watchdog.start_time(os.getpid())
+    for old in Path(tempfile.gettempdir()).glob("ganime-tb-*-*-*") if mine else ():  # without /proc: none
         pid, start = old.name.split("-")[2:4]
         if pid.isdigit() and watchdog.start_time(int(pid)) != start:
             shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"ganime-tb-{os.getpid()}-{watchdog.start_time(os.getpid())}-"))
+    return Path(tempfile.mkdtemp(prefix=f"ganime-tb-{os.getpid()}-{mine}-"))
 
 
 class RunLog:
@@ -275,9 +284,7 @@ class RunLog:
         self.uri, self.options = uri, options
         self.tb_dir = _tensorboard_folder()
         self.tb = SummaryWriter(str(self.tb_dir))
-        path = storage.join(uri, "metrics.jsonl")
-        previous = storage.read_bytes(path, options).decode().splitlines() if storage.exists(path, options) else []
-        self.lines = [line for line in previous if line and json.loads(line)["epoch"] <= start_epoch]
+        self.lines = metrics_until(uri, options, start_epoch)
 
     def epoch(self, metrics: dict) -> None:
         for k, v in metrics.items():
@@ -309,6 +316,14 @@ def _start_state(loop_config: dict, options: storage.StoreOptions | None, regist
     return checkpoints.load(resume["uri"], options)[0] if resume else None
 
 
+def ray_checkpoint(uri: str, options: storage.StoreOptions | None):
+    """A checkpoint folder of the store as Ray Train's Checkpoint (what callbacks are given)."""
+    import ray.train
+
+    loc = storage.resolve(uri, options)
+    return ray.train.Checkpoint(loc.path, filesystem=loc.pa_fs)
+
+
 class LocalRun:
     """Ray Train's part in a run, for the loop run in this process (``train.num_workers: 0``; Ray Train's own
     local mode cannot run inside a Tune trial): rank 0 of 1, the streams' datasets unsplit, and what its
@@ -324,8 +339,6 @@ class LocalRun:
         self.checkpoint: str | None = None
 
     def report(self, metrics: dict, folder: str | None = None) -> None:
-        import ray.train
-
         checkpoint = None
         if folder is not None:
             target = storage.join(self.uri, checkpoints.folder_name(metrics["epoch"]))
@@ -336,9 +349,7 @@ class LocalRun:
             if self.keep:
                 for old in checkpoints.run_checkpoints(self.uri, self.options)[self.keep:]:
                     storage.remove(old, recursive=True, options=self.options)
-            loc = storage.resolve(target, self.options)
-            checkpoint = ray.train.Checkpoint(loc.path, filesystem=loc.pa_fs)
-            self.checkpoint = target
+            checkpoint, self.checkpoint = ray_checkpoint(target, self.options), target
         self.metrics = metrics
         for callback in self.callbacks:
             callback.after_report(None, [metrics], checkpoint)
@@ -541,7 +552,19 @@ def _fit(cfg: Config, recipe, data: ShardData, uri: str, use_gpu: bool, callback
     t = cfg.train
     loop_config = {"cfg": cfg.model_dump(mode="json"), "run_uri": uri, "dataset_uri": data.uri, "resume": resume,
                    "checkpoint_epochs": list(checkpoint_epochs)}
+    if resume and first >= t.epochs:
+        # Complete already: a sweep resumed after this trial's last epoch but before Tune recorded it. Its last
+        # report again, so that Tune (the callbacks) sees the trial complete.
+        metrics = json.loads(metrics_until(uri, options, first)[-1])
+        for callback in callbacks:
+            callback.after_report(None, [metrics], ray_checkpoint(resume["uri"], options))
+        return {"run": uri, "name": t.run_name, "metrics": metrics, "skipped_rows": 0, "checkpoint": resume["uri"]}
     datasets = data.stream_datasets(recipe_cls.streams)
+    if show_progress:  # the epochs to train again must not show as new until rank 0 rewrites the log
+        kept = metrics_until(uri, options, first)
+        if kept or storage.exists(storage.join(uri, "metrics.jsonl"), options):
+            storage.write_bytes(storage.join(uri, "metrics.jsonl"), "".join(f"{line}\n" for line in kept).encode(),
+                                options)
     shown = progress.RunProgress(uri, options, t.epochs, first, t.checkpoint_every) if show_progress else None
     try:
         metrics, checkpoint = _train(cfg, loop_config, datasets, uri, use_gpu, callbacks)

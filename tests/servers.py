@@ -305,15 +305,9 @@ def process_tree(pid: int) -> list[int]:
 
 def alive(pids: list[int]) -> list[str]:
     """The command lines of those of ``pids`` still running (not zombies)."""
-    running = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            running.append(f"{pid} {command_line(pid)[:120]}")
-    return running
+    from ray_ganime.watchdog import start_time
+
+    return [f"{pid} {command_line(pid)[:120]}" for pid in pids if start_time(pid) is not None]
 
 
 def listening_sockets(pids: list[int]) -> list[tuple[int, str, int]]:

@@ -36,14 +36,20 @@ def test_create_bytes_writes_once_and_keeps_the_first(run_uri):
     assert storage.read_bytes(uri) == b"first"
 
 
+def released(run_uri: str, name: str) -> bool:
+    return bool(storage.read_json(storage.join(run_uri, lease.FOLDER, name)).get("released"))
+
+
 def test_one_holder_at_a_time_and_released_on_exit(run_uri):
     with lease.Lease(run_uri) as held:
         assert lease_files(run_uri) == ["000001.json"] and held.generation == 1
         with pytest.raises(lease.RunInUse, match=rf"run in use by pid {os.getpid()} on this machine"):
             lease.Lease(run_uri).acquire()
-    assert lease_files(run_uri) == []
-    with lease.Lease(run_uri) as again:  # released: free at once
-        assert again.generation == 1
+    assert lease_files(run_uri) == ["000001.json"] and released(run_uri, "000001.json")
+    # Released: free at once, under the next number (numbers never repeat: a driver that listed the folder
+    # before the release cannot create a number that another one holds); the next holder removes older files.
+    with lease.Lease(run_uri) as again:
+        assert again.generation == 2 and lease_files(run_uri) == ["000002.json"]
 
 
 def test_of_many_drivers_racing_for_a_run_exactly_one_wins(run_uri):
@@ -100,7 +106,7 @@ def test_the_holder_renews_and_a_waiting_driver_gets_the_run_when_it_ends(run_ur
     assert storage.read_json(uri)["expires"] > first
     threading.Timer(1.5, held.release).start()
     with lease.Lease(run_uri, wait_s=30) as waited:
-        assert waited.generation == 1 and held.generation is None
+        assert waited.generation == 2 and held.generation is None
 
 
 def test_a_holder_whose_run_was_taken_over_stops_renewing_and_says_so(tmp_path, capfd):
