@@ -48,7 +48,8 @@ class RunProgress:
 
     def __init__(self, run_uri: str, options: storage.StoreOptions | None, epochs: int, start_epoch: int,
                  checkpoint_every: int = 1, interval_s: float = 1.0):
-        self.uri, self.options, self.epochs = storage.join(run_uri, "metrics.jsonl"), options, epochs
+        self.run_uri, self.uri = run_uri, storage.join(run_uri, "metrics.jsonl")
+        self.options, self.epochs = options, epochs
         self.first = self.seen = start_epoch
         self.interval_s, self.started = interval_s, time.monotonic()
         self.told: set[str] = set()
@@ -96,7 +97,7 @@ class RunProgress:
     def _look_for_checkpoint(self, epoch: int) -> None:
         """Remember the newest complete checkpoint (its meta.json comes last, after the epoch's metrics line):
         where to resume if the store is lost."""
-        folder = storage.join(self.uri.rsplit("/", 1)[0], checkpoints.folder_name(epoch))
+        folder = storage.join(self.run_uri, checkpoints.folder_name(epoch))
         try:
             if storage.exists(storage.join(folder, checkpoints.META_FILE), self.options):
                 self.checkpoint, self._pending = folder, None

@@ -542,16 +542,7 @@ def _fit(cfg: Config, recipe, data: ShardData, uri: str, use_gpu: bool, callback
     """``fit`` once the run is checked and its lease held."""
     recipe_cls, options = type(recipe), cfg.store.options()
     resume = resume_point(uri, cfg.train.resume_from, options)
-    first = resume["epoch"] if resume else 0
-    factor, o = recipe.lr_rule()(first), cfg.optim
-    print(f"learning rate, epoch {first + 1}: G {o.lr_g * factor:.3g}, D {o.lr_d * factor:.3g} ({o.schedule}"
-          + (f", decay over the last {min(o.decay_epochs, cfg.train.epochs)} of {cfg.train.epochs} epochs"
-             if o.schedule == "linear" and o.decay_epochs else "") + ")", flush=True)
-    storage.write_bytes(storage.join(uri, "config.yaml"),
-                        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode(), options)
-    t = cfg.train
-    loop_config = {"cfg": cfg.model_dump(mode="json"), "run_uri": uri, "dataset_uri": data.uri, "resume": resume,
-                   "checkpoint_epochs": list(checkpoint_epochs)}
+    first, t = (resume["epoch"] if resume else 0), cfg.train
     if resume and first >= t.epochs:
         # Complete already: a sweep resumed after this trial's last epoch but before Tune recorded it. Its last
         # report again, so that Tune (the callbacks) sees the trial complete.
@@ -559,6 +550,14 @@ def _fit(cfg: Config, recipe, data: ShardData, uri: str, use_gpu: bool, callback
         for callback in callbacks:
             callback.after_report(None, [metrics], ray_checkpoint(resume["uri"], options))
         return {"run": uri, "name": t.run_name, "metrics": metrics, "skipped_rows": 0, "checkpoint": resume["uri"]}
+    factor, o = recipe.lr_rule()(first), cfg.optim
+    print(f"learning rate, epoch {first + 1}: G {o.lr_g * factor:.3g}, D {o.lr_d * factor:.3g} ({o.schedule}"
+          + (f", decay over the last {min(o.decay_epochs, cfg.train.epochs)} of {cfg.train.epochs} epochs"
+             if o.schedule == "linear" and o.decay_epochs else "") + ")", flush=True)
+    storage.write_bytes(storage.join(uri, "config.yaml"),
+                        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode(), options)
+    loop_config = {"cfg": cfg.model_dump(mode="json"), "run_uri": uri, "dataset_uri": data.uri, "resume": resume,
+                   "checkpoint_epochs": list(checkpoint_epochs)}
     datasets = data.stream_datasets(recipe_cls.streams)
     if show_progress:  # the epochs to train again must not show as new until rank 0 rewrites the log
         kept = metrics_until(uri, options, first)
