@@ -67,7 +67,9 @@ class DecodeStage:
                 for view in self.views.get(c, ()):
                     out[f"{c}_{view}"].append(transforms.view(image, view, self.lineart_target))
         if bad and counter is not None:
-            counter.add.remote(bad)
+            # Waited for: a batch is only handed on once its drops are counted, so a report taken after
+            # an epoch is exact (fire-and-forget calls from many tasks may land after the epoch ends).
+            ray.get(counter.add.remote(bad))
         empty = np.zeros((0, self.size, self.size, 3), np.uint8)
         return {k: (np.asarray(v, dtype=object) if k == "id" else (np.stack(v) if v else empty))
                 for k, v in out.items()}
