@@ -199,13 +199,16 @@ def ganime_server(_ganime_server) -> GanimeServer:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Each server starts at its first use and runs to the end of the session, so they come last: first the tests
     of modules that use neither, then those modules' other tests, then the modules of ``served``, then every test
-    that uses ganime_server (the fixtures they share with their module's other tests are session-scoped)."""
+    that uses ganime_server (the fixtures they share with their module's other tests are session-scoped), and
+    the tests marked ``last``: they stop a shared server, which any test after them would have to start again."""
     def modules(fixture: str) -> set[Path]:
         return {item.path for item in items if fixture in getattr(item, "fixturenames", ())}
 
     ganime, served = modules("ganime_server"), modules("served")
 
     def place(item: pytest.Item) -> int:
+        if item.get_closest_marker("last"):
+            return 4
         if "ganime_server" in getattr(item, "fixturenames", ()):
             return 3
         return 2 if item.path in served else int(item.path in ganime)

@@ -310,6 +310,17 @@ def alive(pids: list[int]) -> list[str]:
     return [f"{pid} {command_line(pid)[:120]}" for pid in pids if start_time(pid) is not None]
 
 
+def haproxy_runs() -> bool:
+    """Whether an HAProxy runs on this machine (Serve's high-throughput mode is on)."""
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(process, "comm").read_text().strip() == "haproxy":
+                return True
+        except OSError:  # gone meanwhile
+            pass
+    return False
+
+
 def listening_sockets(pids: list[int]) -> list[tuple[int, str, int]]:
     """(pid, address, port) of every listening TCP socket that one of ``pids`` holds (Linux /proc: the sockets'
     inodes in /proc/net/tcp{,6}, matched to each process's open files)."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import struct
+import urllib.request
 import zlib
 
 import numpy as np
 import torch
 
-from ray_ganime import export
+from ray_ganime import export, images
 
 IMAGE = {"layout": "NCHW", "dtype": "float32", "value_range": [-1.0, 1.0]}
 NAMES = {"image_a": "sketch2color-a", "image_b": "sketch2color-b", "noise": "faces-dcgan"}
@@ -62,6 +63,17 @@ def make_packages(store: str) -> dict[str, str]:
 def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     """Seeded uniform-noise uint8 RGB (height, width, 3): every pixel matters to the generator's output."""
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def answers_small_and_big_images(url: str, name: str) -> None:
+    """A server at ``url`` answers ``name`` for a small odd-sized image and a big one, each at its own size."""
+    # 4.5 MB of pixels: over the 4 MiB that gRPC between two deployments allows unless told otherwise
+    for height, width, timeout in ((21, 34, 60), (1000, 1500, 120)):
+        request = urllib.request.Request(f"{url}v1/models/{name}/generate",
+                                         data=images.encode_png(random_image(height, width)),
+                                         headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            assert images.decode_rgb(response.read()).shape == (height, width, 3)
 
 
 def reason(body: bytes) -> str:

@@ -1,9 +1,9 @@
 """The `ganime serve` process under faults: what listens, a replica killed under load, a port in use, stopping.
 
 The session's server (conftest's ``ganime_server``; each start costs 15-60 s on a 2-core box) serves the
-listening-socket, failover and port tests; the last test stops it with SIGINT to its process group, then starts
-and stops another on the same port, and leaves a third serving the rest of the session. HAProxy's config edits
-are also checked on their own, on Ray's template with no Ray running.
+listening-socket, failover and port tests; the session's last test stops it with SIGTERM, then starts another in
+two deployments on the same port and stops that with SIGINT to its group. HAProxy's config edits are also checked
+on their own, on Ray's template with no Ray running.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from servers import (GANIME, alive, command_line, free_ports, listening_sockets, process_tree, stop_group, tail,
-                     wait_for_http, wait_for_serving)
-from serving import random_image
+from servers import (GANIME, STOP_S, GanimeServer, alive, command_line, free_ports, haproxy_runs, listening_sockets,
+                     process_tree, start_ganime_serve, stop_group, tail, wait_for_http, wait_for_serving)
+from serving import answers_small_and_big_images, random_image
 
 from ray_ganime import images
 
@@ -176,27 +176,46 @@ def test_killing_a_replica_under_load_fails_only_requests_in_flight(ganime_serve
         assert response.status == 200
 
 
-def test_a_signal_to_the_process_group_stops_everything_and_frees_the_port(ganime_server):
-    """SIGINT to the group (Ctrl-C in a terminal), then on the same port a new server and SIGTERM to its group
-    (systemd, `kill -- -PGID`), then a third start: each stops within STOP_S with no process left and the port
-    free, so the next one starts and answers (the third serves the rest of the session)."""
+def stop_and_check(server: GanimeServer, proc: subprocess.Popen, log: Path, signum: int, group: bool) -> None:
+    """Signal the server (its process group, or the process alone); it must exit 0 within STOP_S, every process it
+    started gone and its port free."""
+    tree = process_tree(proc.pid)
+    assert len(tree) > 10  # Ray's processes, the replicas, HAProxy
+    if group:
+        stop_group(proc, signum)
+    else:
+        proc.send_signal(signum)
+        try:
+            proc.wait(timeout=STOP_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"ganime serve still ran {STOP_S} s after signal {signum} to the process")
+    assert proc.returncode == 0, tail(log)
+    deadline = time.monotonic() + 5  # killed processes can take a moment to go
+    while alive(tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(tree) and port_is_free(server.port), alive(tree)
+
+
+@pytest.mark.last  # no test after it has to start the session's server again
+def test_signals_stop_everything_and_free_the_port_in_either_layout(ganime_server):
+    """SIGTERM to the session's server alone (`kill PID`: Ray's processes get no signal of their own), then on the
+    same port `ganime serve --set serve.colocate=false` (the generators in a deployment of their own, big images
+    passed between the two) stopped by SIGINT to its process group (Ctrl-C in a terminal; a process started in the
+    background by a non-interactive shell ignores a SIGINT of its own). Each exits 0 within STOP_S, every process
+    it started gone and the port free, so the next one starts on it."""
     server = ganime_server
     proc, log = server.proc, server.log
     try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            tree = process_tree(proc.pid)
-            assert len(tree) > 10  # Ray's processes, the replicas, HAProxy
-            stop_group(proc, signum)
-            assert proc.returncode == 0, tail(log)
-            deadline = time.monotonic() + 5  # killed processes can take a moment to go
-            while alive(tree) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert not alive(tree) and port_is_free(server.port), alive(tree)
-            proc, log = server.start()
-            wait_for_serving(proc, log)
-            with urllib.request.urlopen(f"{server.url}healthz", timeout=30) as response:
-                assert response.status == 200
+        stop_and_check(server, proc, log, signal.SIGTERM, group=False)
+        log = server.log_dir / "serve-two-deployments.log"
+        proc = start_ganime_serve(server.store, server.port, log, "--set", "serve.colocate=false", env=server.env)
+        assert f"at {server.url}  (two deployments, 2 replicas;" in wait_for_serving(proc, log)
+        assert set(server.models(set(server.names.values()))) == {p.name for p in (server.store / "models").iterdir()}
+        assert haproxy_runs()
+        answers_small_and_big_images(server.url, server.names["image_a"])
+        stop_and_check(server, proc, log, signal.SIGINT, group=True)
     except BaseException:
         stop_group(proc, signal.SIGTERM)
         raise
-    server.proc, server.log = proc, log
+    finally:
+        server.proc = None  # stopped: a test that needs it again starts another

@@ -23,7 +23,8 @@ import pytest
 from fastapi import HTTPException
 from PIL import Image
 
-from serving import png_claiming, random_image, reason
+from servers import haproxy_runs
+from serving import answers_small_and_big_images, png_claiming, random_image, reason
 
 from ray_ganime import export, images, inference
 from ray_ganime.serve import (APP_NAME, MISS_RELIST_S, Gateway, Generators, application, build_app, local_layout,
@@ -409,72 +410,15 @@ def test_model_summary_leaves_the_training_config_out(tmp_path):
 # ------------------------------------------------------------------------------------------- ganime serve
 
 
-def haproxy_runs() -> bool:
-    from pathlib import Path
-
-    for process in Path("/proc").glob("[0-9]*"):
-        try:
-            if Path(process, "comm").read_text().strip() == "haproxy":
-                return True
-        except OSError:  # gone meanwhile
-            pass
-    return False
-
-
-def _answers_small_and_big_images(url: str, name: str) -> None:
-    request = urllib.request.Request(f"{url}v1/models/{name}/generate", data=images.encode_png(random_image(21, 34)),
-                                     headers={"Content-Type": "image/png"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        assert images.decode_rgb(response.read()).shape == (21, 34, 3)
-    # 4.5 MB of pixels: over the 4 MiB that gRPC between two deployments allows unless told otherwise
-    request = urllib.request.Request(f"{url}v1/models/{name}/generate",
-                                     data=images.encode_png(random_image(1000, 1500)),
-                                     headers={"Content-Type": "image/png"})
-    with urllib.request.urlopen(request, timeout=120) as response:
-        assert images.decode_rgb(response.read()).shape == (1000, 1500, 3)
-
-
 def test_ganime_serve_runs_the_same_app_locally(ganime_server):
     """`ganime serve` (the session's) on its own local Ray, in Serve's high-throughput mode: loopback, no token
     when none is set, one deployment unless told otherwise, every package of its store listed and served.
-    tests/test_faults_server.py stops it with signals to its process group."""
+    tests/test_faults_server.py stops it with signals and serves in two deployments."""
     assert f"at {ganime_server.url}  (one deployment, 2 replicas;" in ganime_server.log.read_text()
     models = ganime_server.models(set(ganime_server.names.values()))
     assert set(models) == {p.name for p in (ganime_server.store / "models").iterdir()}
     assert haproxy_runs()  # the high-throughput mode is on (conftest's cluster runs Serve's default proxy)
-    _answers_small_and_big_images(ganime_server.url, ganime_server.names["image_a"])
-
-
-def test_ganime_serve_in_two_deployments_passes_big_images_between_them(tmp_path):
-    """`ganime serve --set serve.colocate=false`: the generators in a deployment of their own, big images
-    between the two; SIGTERM to the process (not its group) stops it with exit status 0 (SIGINT, Ctrl-C,
-    takes the same path, but a process started in the background by a non-interactive shell ignores SIGINT)."""
-    import signal
-    import subprocess
-
-    from servers import free_ports, start_ganime_serve, stop_group, tail, wait_for_serving
-    from serving import make_packages
-
-    names = make_packages(str(tmp_path / "store"))
-    port, = free_ports(1)
-    log = tmp_path / "serve.log"
-    proc = start_ganime_serve(tmp_path / "store", port, log, "--set", "serve.colocate=false")
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        assert f"at {url}  (two deployments, 2 replicas;" in wait_for_serving(proc, log)
-        with urllib.request.urlopen(url + "v1/models", timeout=5) as response:
-            models = json.loads(response.read())["models"]
-        assert {m["name"] for m in models} == set(names.values())
-        assert haproxy_runs()
-        _answers_small_and_big_images(url, names["image_a"])
-    finally:
-        proc.send_signal(signal.SIGTERM)  # the process alone, not its group
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            stop_group(proc, signal.SIGKILL)
-            raise
-    assert proc.returncode == 0, tail(log)
+    answers_small_and_big_images(ganime_server.url, ganime_server.names["image_a"])
 
 
 def listed(served, name: str, timeout_s: float = 20) -> dict:
