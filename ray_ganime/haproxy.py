@@ -13,6 +13,9 @@ that runs this module with the real binary and Ray's arguments: it edits the con
 - HAProxy's own error pages (no replica to answer, a timeout) become the API's JSON ``{"error", "reason"}``:
   what no replica could serve is a 503 with Retry-After, never Ray's text 500. (A malformed request still
   gets HAProxy's HTML 400: see ERRORS.)
+- ``option http-buffer-request``: a request's body is read whole (up to tune.bufsize, runtime.py) before it
+  goes to a replica, so a replica that dies can be retried on another, and a client still uploading is never
+  cut off mid-body by an answer it then cannot read.
 
 If a later Ray renames what this looks for, the edit does nothing and tests/test_faults_server.py, which lists
 the server's listening sockets and checks the error pages, fails. This module must not import Ray: it runs
@@ -65,7 +68,7 @@ def harden(config: str, error_dir: Path) -> str:
         if not dropping:
             kept.append(line)
     config = SOCKET_MODE.sub(r"\g<1>600", ERRORFILE.sub("", "".join(kept)))
-    lines = []
+    lines = ["    option http-buffer-request\n"]
     for code, (status, reason) in ERRORS.items():
         page = error_dir / f"ganime-{code}.http"
         page.write_bytes(error_page(status, reason))

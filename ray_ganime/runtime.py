@@ -35,9 +35,16 @@ from ray_ganime.watchdog import descendants, start_time
 # 500, so the limit goes to gRPC's own maximum (serve.max_request_bytes and serve.max_pixels are the real limits).
 # HAProxy retries a request on another replica when the connection to its replica fails, and also (empty-response)
 # when the replica dies before answering: a generate request has no side effects, so running it twice is safe.
+# It can only retry a request it holds whole, in one buffer (tune.bufsize): Ray's 16 KiB held no image, so a
+# replica dying under a 512 px upload closed the client's connection without an answer. With the buffer at
+# HAPROXY_BUFFER_BYTES, and the body read whole before a replica is picked (haproxy.py), uploads up to that size
+# are retried or answered with a JSON 503; bigger ones stream through as before. Buffers are taken per request
+# in flight (two each), not per idle connection.
+HAPROXY_BUFFER_BYTES = 2 * 2**20
 SERVE_HIGH_THROUGHPUT = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                          "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
-                         "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
+                         "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+                         "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(HAPROXY_BUFFER_BYTES)}
 SHUTDOWN_S = 5.0  # stop_own_ray: the longest it waits for killed processes to go, and for ray.shutdown()
 _FOLDERS: list[Path] = []  # private folders of this process's Ray processes: removed once they are stopped
 T = TypeVar("T")

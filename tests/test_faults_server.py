@@ -77,6 +77,7 @@ def test_haproxy_config_from_rays_template_keeps_to_loopback_and_answers_json(tm
             assert set(json.loads(e.read())) == {"error", "reason"}
         assert [(host, p) for _, host, p in listening_sockets(process_tree(proc.pid))] == [("127.0.0.1", port)]
         assert stat.S_IMODE((tmp_path / "a.sock").stat().st_mode) == 0o600
+        assert "\n    option http-buffer-request\n" in (tmp_path / "haproxy.cfg").read_text()  # retryable uploads
     finally:
         proc.kill()
         proc.wait()
@@ -124,10 +125,11 @@ def test_a_port_in_use_is_one_line(ganime_server, tmp_path):
 
 
 def test_killing_a_replica_under_load_fails_only_requests_in_flight(ganime_server):
-    """4 clients send tiny images for ~12 s; one of the two replicas is SIGKILLed after 3 s. Every answer is a PNG
-    or a JSON error; at most the requests in flight on the killed replica fail (connection closed, or 503); and
-    requests keep completing while the replica restarts."""
-    body = images.encode_png(random_image(32, 32))
+    """4 clients send 512 px images for ~12 s; one of the two replicas is SIGKILLed after 3 s. Every request gets
+    an answer, a PNG or a JSON error (HAProxy holds each upload whole, so it retries what was in flight on the
+    killed replica; before, 512 px uploads on it were cut off without an answer); at most the requests in flight
+    there fail; and requests keep completing while the replica restarts."""
+    body = images.encode_png(random_image(512, 512))
     path = f"/v1/models/{ganime_server.names['image_a']}/generate"
     results: list[tuple[float, object, str]] = []  # (finished, status or exception, media type)
     stop = threading.Event()
@@ -167,6 +169,7 @@ def test_killing_a_replica_under_load_fails_only_requests_in_flight(ganime_serve
     answers = [(status, media) for _, status, media in results if isinstance(status, int)]
     assert {media for _, media in answers} <= {"image/png", "application/json"}, set(answers)
     failed = [r for r in results if r[1] != 200]
+    assert all(isinstance(status, int) for _, status, _ in failed), failed  # no connection closed unanswered
     assert len(failed) <= 4, failed  # in flight on the killed replica at most: one per client
     done = sorted(finished for finished, status, _ in results if status == 200 and finished > killed_at)
     assert len(done) >= 20, f"only {len(done)} requests completed after the kill"
