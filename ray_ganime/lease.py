@@ -8,6 +8,10 @@ The lease is a file per generation, ``<run>/lease/NNNNNN.json``, created with th
 (local: a hard link; S3: a conditional PUT): of two drivers that find the newest generation free, exactly one
 creates the next. The holder rewrites its file every ``ttl / 4`` with a new expiry and marks it released when it
 ends; the next holder removes the older files.
+A holder that stalled past its expiry (a frozen VM, a long GC pause, a network partition) may find that another
+driver took the run over meanwhile. So the generation number is also a fencing token: training checks it
+(``check_held``) before it writes the run's metrics or a checkpoint, and stops with RunTakenOver once a newer
+generation exists, instead of writing over the new holder's files.
 A generation is free when it was released, when its expiry has passed (a holder on another machine that died
 holds the run at most ``ttl``), or at once when its holder ran on this machine and that process is gone (a
 killed ``ganime train`` can be resumed right away).
@@ -37,6 +41,11 @@ _HELD: set["Lease"] = set()  # this process's leases, for release_all
 
 class RunInUse(storage.StorageError):
     """The run's lease is held by a live driver."""
+
+
+class RunTakenOver(RunInUse):
+    """This driver's lease lapsed and another driver holds the run now: anything this one wrote would mix with
+    the other's files."""
 
 
 def _machine() -> dict:
@@ -78,6 +87,37 @@ def describe(record: dict) -> str:
             + ("" if where == "this machine" else f"; its lease lapses in {max(left, 0):.0f} s unless renewed"))
 
 
+def _lease_uri(run_uri: str, generation: int) -> str:
+    return storage.join(run_uri, FOLDER, f"{generation:06d}.json")
+
+
+def generations(run_uri: str, options: storage.StoreOptions | None = None) -> list[int]:
+    """The generations of the run's lease files, oldest first."""
+    folder = storage.join(run_uri, FOLDER)
+    if not storage.exists(folder, options):
+        return []
+    names = (uri.rsplit("/", 1)[-1] for uri in storage.listdir(folder, options))
+    return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+
+
+def _read(run_uri: str, generation: int, options: storage.StoreOptions | None) -> dict | None:
+    uri = _lease_uri(run_uri, generation)
+    if not storage.exists(uri, options):  # removed meanwhile by a newer holder
+        return None
+    return storage.read_json(uri, options)  # any other failure is an error, not a free run
+
+
+def check_held(run_uri: str, generation: int, options: storage.StoreOptions | None = None) -> None:
+    """RunTakenOver when a generation newer than ``generation`` (the driver's) exists: another driver took the
+    run over. Called where training is about to write the run's state (on a Ray Train worker: no Lease object)."""
+    newest = max(generations(run_uri, options), default=0)
+    if newest > generation:
+        record = _read(run_uri, newest, options)
+        holder = describe(record) if record else "another driver"
+        raise RunTakenOver(f"{run_uri}: another driver took the run over after this one stalled past its lease "
+                           f"(over {TTL_S:.0f} s), so this one stopped without writing to it (holder: {holder})")
+
+
 class Lease:
     """``with Lease(run_uri, options):`` holds the run while the block runs. ``wait_s``: how long to wait for a
     live holder to end (a sweep trial restarted while its previous process is still being stopped) before
@@ -86,7 +126,6 @@ class Lease:
     def __init__(self, run_uri: str, options: storage.StoreOptions | None = None, ttl_s: float = TTL_S,
                  wait_s: float = 0.0):
         self.run_uri, self.options, self.ttl_s, self.wait_s = run_uri, options, ttl_s, wait_s
-        self.folder = storage.join(run_uri, FOLDER)
         self.generation: int | None = None
         self.lost: str | None = None  # why, if another driver took the run over (this one stalled past ttl)
         self._stop = threading.Event()
@@ -94,19 +133,13 @@ class Lease:
         self._record: dict = {}
 
     def _uri(self, generation: int) -> str:
-        return storage.join(self.folder, f"{generation:06d}.json")
+        return _lease_uri(self.run_uri, generation)
 
     def _generations(self) -> list[int]:
-        if not storage.exists(self.folder, self.options):
-            return []
-        names = (uri.rsplit("/", 1)[-1] for uri in storage.listdir(self.folder, self.options))
-        return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+        return generations(self.run_uri, self.options)
 
     def _read(self, generation: int) -> dict | None:
-        uri = self._uri(generation)
-        if not storage.exists(uri, self.options):  # removed meanwhile by a newer holder
-            return None
-        return storage.read_json(uri, self.options)  # any other failure is an error, not a free run
+        return _read(self.run_uri, generation, self.options)
 
     def acquire(self) -> "Lease":
         deadline = time.monotonic() + self.wait_s

@@ -392,6 +392,8 @@ def train_loop(loop_config: dict) -> None:
         recipe.wrap(lambda net: DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False))
         torch.manual_seed(cfg.train.seed + rank)  # but each rank its own dropout masks
 
+    if rank == 0:  # a restarted worker group of a driver taken over stops before it trains
+        lease.check_held(uri, loop_config["lease"], options)
     start_epoch, step = 0, 0
     state = _start_state(loop_config, options, registered=None if local else ray.train.get_checkpoint())
     if state is not None:
@@ -445,6 +447,7 @@ def train_loop(loop_config: dict) -> None:
             check_ranks_in_sync(recipe.nets, world)
             metrics["ranks_in_sync"] = True
         if rank == 0:
+            lease.check_held(uri, loop_config["lease"], options)  # before the run's log and checkpoint are written
             log.epoch(metrics)
             if (epoch + 1) % cfg.train.sample_every == 0 or last or epoch == start_epoch:
                 log.samples(epoch + 1, recipe.samples(fixed))
@@ -533,13 +536,13 @@ def fit(cfg: Config, run_uri: str | None = None, callbacks: tuple = (),
     storage.check_writable(uri, options)
     init_ray()
     use_gpu = check_resources(cfg)  # before anything is written: a run that cannot start leaves no folder
-    with lease.Lease(uri, options, wait_s=wait_for_run_s):
-        return _fit(cfg, recipe, data, uri, use_gpu, callbacks, checkpoint_epochs, show_progress)
+    with lease.Lease(uri, options, wait_s=wait_for_run_s) as held:
+        return _fit(cfg, recipe, data, uri, use_gpu, callbacks, checkpoint_epochs, show_progress, held.generation)
 
 
 def _fit(cfg: Config, recipe, data: ShardData, uri: str, use_gpu: bool, callbacks: tuple,
-         checkpoint_epochs: tuple[int, ...], show_progress: bool) -> dict:
-    """``fit`` once the run is checked and its lease held."""
+         checkpoint_epochs: tuple[int, ...], show_progress: bool, generation: int) -> dict:
+    """``fit`` once the run is checked and its lease (``generation``) held."""
     recipe_cls, options = type(recipe), cfg.store.options()
     resume = resume_point(uri, cfg.train.resume_from, options)
     first, t = (resume["epoch"] if resume else 0), cfg.train
@@ -557,7 +560,7 @@ def _fit(cfg: Config, recipe, data: ShardData, uri: str, use_gpu: bool, callback
     storage.write_bytes(storage.join(uri, "config.yaml"),
                         yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode(), options)
     loop_config = {"cfg": cfg.model_dump(mode="json"), "run_uri": uri, "dataset_uri": data.uri, "resume": resume,
-                   "checkpoint_epochs": list(checkpoint_epochs)}
+                   "checkpoint_epochs": list(checkpoint_epochs), "lease": generation}
     datasets = data.stream_datasets(recipe_cls.streams)
     if show_progress:  # the epochs to train again must not show as new until rank 0 rewrites the log
         kept = metrics_until(uri, options, first)
@@ -571,6 +574,8 @@ def _fit(cfg: Config, recipe, data: ShardData, uri: str, use_gpu: bool, callback
         failure = storage.store_failure(e)
         if failure is None:
             raise
+        if isinstance(failure, lease.RunTakenOver):  # the run is another driver's now: no resume to offer
+            raise failure from e
         # One line (Ray's wrappers would add pages of traceback): what failed and where the run can resume.
         raise RunFailed(f"{storage.translate_error(uri, failure, options)}; {_last_checkpoint(uri, options, shown)}"
                         ) from e

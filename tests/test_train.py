@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -431,6 +432,28 @@ def test_a_run_name_in_use_is_refused_in_one_line_and_free_once_its_holder_died(
     assert main(argv) == 0  # the holder died: its run name is free again, at once
     assert checkpoints.run_checkpoints(run) == [f"{run}/checkpoint_epoch_0001"]
     assert lease_released(run)
+
+
+def test_a_driver_whose_run_was_taken_over_stops_before_writing_to_it(store):
+    """A driver that stalled past its lease (a frozen VM) while another took the run over must not write over the
+    new holder's files: the lease's generation fences the run's metrics and checkpoints."""
+    from ray_ganime import lease
+
+    name = unique("taken")
+    run = f"{store}/runs/{name}"
+
+    class TakeOver:  # at epoch 1's report: another driver found this one's lease lapsed and took the run
+        def after_report(self, run_context, metrics, checkpoint):
+            now, newest = time.time(), max(lease.generations(run))
+            record = {"owner": "other", "pid": 4242, "machine": {"host": "elsewhere"}, "started": now,
+                      "expires": now + lease.TTL_S}
+            Path(run, lease.FOLDER, f"{newest + 1:06d}.json").write_text(json.dumps(record))
+
+    expected = f"^{re.escape(run)}: another driver took the run over .* \\(holder: pid 4242 on elsewhere, since "
+    with pytest.raises(lease.RunTakenOver, match=expected):
+        train.fit(make_cfg(store, name, LOCAL, "train.epochs=3"), callbacks=(TakeOver(),))
+    assert [m["epoch"] for m in metrics_lines(run)] == [1]
+    assert checkpoints.run_checkpoints(run) == [f"{run}/checkpoint_epoch_0001"]
 
 
 def lease_released(run: str) -> bool:
