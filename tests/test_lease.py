@@ -72,6 +72,39 @@ def test_of_many_drivers_racing_for_a_run_exactly_one_wins(run_uri):
     winners[0].release()
 
 
+RACER = """import sys
+from ray_ganime import lease
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    held = lease.Lease(sys.argv[1]).acquire()
+    print("won", flush=True)
+except lease.RunInUse:
+    print("lost", flush=True)
+sys.stdin.read()  # the winner holds the run until the test is done
+"""
+
+
+def test_of_driver_processes_racing_for_a_run_exactly_one_wins(run_uri):
+    """As above, across processes (what two `ganime train` started together are): each imports first, then all
+    are told to go at once."""
+    import subprocess
+    import sys
+
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, run_uri], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True) for _ in range(4)]
+    try:
+        assert [r.stdout.readline() for r in racers] == ["ready\n"] * 4
+        for r in racers:
+            r.stdin.write("go\n")
+            r.stdin.flush()
+        outcomes = sorted(r.stdout.readline().strip() for r in racers)
+    finally:
+        for r in racers:
+            r.communicate(timeout=30)
+    assert outcomes == ["lost", "lost", "lost", "won"]
+
+
 def test_a_killed_holder_on_this_machine_frees_the_run_at_once(run_uri):
     proc = hold_lease_in_another_process(run_uri)
     try:
