@@ -230,3 +230,10 @@ def test_no_space_left_under_ray_train_is_found_behind_its_wrappers():
     assert str(storage.translate_error("/runs/r/checkpoint_epoch_0003", full)) == \
         "/runs/r/checkpoint_epoch_0003: no space left on device"
     assert storage.store_failure(WorkerGroupError("bug", {0: ValueError("a bug")})) is None
+    # The local disk where a checkpoint is staged, not the store, is full: the line says which.
+    staged = OSError(errno.ENOSPC, "No space left on device", "/tmp/tmpx/state.pt")
+    for run in ("s3://b/runs/r", "/runs/r"):
+        assert str(storage.translate_error(run, staged)) == \
+            f"{run}: no space left on device (writing /tmp/tmpx/state.pt: this machine's disk, not the store)"
+    assert str(storage.translate_error("/runs/r", OSError(errno.ENOSPC, "full", "/runs/r/x"))) == \
+        "/runs/r: no space left on device"
