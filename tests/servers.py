@@ -310,11 +310,11 @@ def alive(pids: list[int]) -> list[str]:
     return [f"{pid} {command_line(pid)[:120]}" for pid in pids if start_time(pid) is not None]
 
 
-def haproxy_runs() -> bool:
-    """Whether an HAProxy runs on this machine (Serve's high-throughput mode is on)."""
-    for process in Path("/proc").glob("[0-9]*"):
+def haproxy_runs(pid: int) -> bool:
+    """Whether an HAProxy runs among the processes ``pid`` started (Serve's high-throughput mode is on)."""
+    for child in process_tree(pid):
         try:
-            if Path(process, "comm").read_text().strip() == "haproxy":
+            if Path("/proc", str(child), "comm").read_text().strip() == "haproxy":
                 return True
         except OSError:  # gone meanwhile
             pass

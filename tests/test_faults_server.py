@@ -214,7 +214,7 @@ def test_signals_stop_everything_and_free_the_port_in_either_layout(ganime_serve
         proc = start_ganime_serve(server.store, server.port, log, "--set", "serve.colocate=false", env=server.env)
         assert f"at {server.url}  (two deployments, 2 replicas;" in wait_for_serving(proc, log)
         assert set(server.models(set(server.names.values()))) == {p.name for p in (server.store / "models").iterdir()}
-        assert haproxy_runs()
+        assert haproxy_runs(proc.pid)
         answers_small_and_big_images(server.url, server.names["image_a"])
         stop_and_check(server, proc, log, signal.SIGINT, group=True)
     except BaseException:

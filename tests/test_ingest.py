@@ -31,7 +31,7 @@ def add_bad_files(folder: Path) -> dict[str, str]:
     (folder / "notes.txt").write_text("not an image")
     (folder / "garbage.jpg").write_bytes(np.random.default_rng(5).bytes(500))
     (folder / "dangling.png").symlink_to(folder / "deleted.png")
-    return {"empty.png": "empty", "truncated.png": "", "notes.txt": "not an image", "garbage.jpg": "not an image",
+    return {"empty.png": "empty", "truncated.png": "truncated", "notes.txt": "not an image", "garbage.jpg": "not an image",
             "dangling.png": "a symbolic link to a file that does not exist"}
 
 

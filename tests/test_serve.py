@@ -204,7 +204,7 @@ def test_every_bad_request_gets_its_4xx_with_a_reason_and_the_server_goes_on(ser
         (404, call(served, "v1/models/no-such-model/generate", png, {"Content-Type": "image/png"}), "no-such-model"),
         (400, call(served, path, b"", {"Content-Type": "image/png"}), "empty"),
         (400, call(served, path, b"this is not an image", {"Content-Type": "image/png"}), "not an image"),
-        (400, call(served, path, truncated, {"Content-Type": "image/png"}), ""),
+        (400, call(served, path, truncated, {"Content-Type": "image/png"}), "truncated"),
         (413, post_declaring(served, path, 16 * 2**20 + 1), "limit"),
         (413, call(served, path, flat.getvalue(), {"Content-Type": "image/png"}), "max_side"),
         (413, call(served, path, png_claiming(100_000, 100_000), {"Content-Type": "image/png"}), "pixels"),
@@ -417,7 +417,7 @@ def test_ganime_serve_runs_the_same_app_locally(ganime_server):
     assert f"at {ganime_server.url}  (one deployment, 2 replicas;" in ganime_server.log.read_text()
     models = ganime_server.models(set(ganime_server.names.values()))
     assert set(models) == {p.name for p in (ganime_server.store / "models").iterdir()}
-    assert haproxy_runs()  # the high-throughput mode is on (conftest's cluster runs Serve's default proxy)
+    assert haproxy_runs(ganime_server.proc.pid)  # high-throughput mode (conftest's cluster runs Serve's default proxy)
     answers_small_and_big_images(ganime_server.url, ganime_server.names["image_a"])
 
 

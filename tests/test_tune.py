@@ -334,6 +334,12 @@ def test_sweep_runs_every_trial_and_asha_stops_one_early(asha_sweep):
     assert all(r["status"] in ("completed", "stopped early") for r in rows)
     early = [r for r in rows if r["status"] == "stopped early"]
     assert early and all(r["epochs"] < 3 for r in early)
+    # TV 100 (a flat output) is one that stopped; each stopped at a rung where a trial that went on scored as well
+    # or better (TV 1e-4 scores exactly as TV 0 in these few steps: a tie).
+    assert 100.0 in {r["loss.tv"] for r in early}
+    for r in early:
+        score = dict(r["history"])[r["epochs"]]
+        assert any(dict(o["history"])[r["epochs"]] >= score for o in rows if o["epochs"] > r["epochs"]), rows
     assert any(r["status"] == "completed" and r["epochs"] == 3 for r in rows)
     for r in rows:  # the objective every epoch, from the trial's own run
         assert [e for e, _ in r["history"]] == list(range(1, r["epochs"] + 1))
