@@ -123,12 +123,17 @@ def test_unpaired_streams_each_domain(tmp_path, ray_session):
 
 
 @pytest.mark.s3
-def test_streams_from_s3(s3_bucket, ray_session):
-    uri = f"{s3_bucket}/pairs"
-    write_pairs(uri, n=8)
-    data = ShardData(uri, cfg(batch_size=2))
-    batches = epoch(data, 0)
-    assert sum(len(b["id"]) for b in batches) == 6
+def test_streams_from_s3_the_very_batches_a_folder_gives(s3_bucket, tmp_path, ray_session):
+    """The same data set written to S3 and to a folder: the same rows, crops and pixels, batch for batch."""
+    folder = str(tmp_path / "pairs")
+    for uri in (f"{s3_bucket}/pairs", folder):
+        write_pairs(uri, n=8)
+    from_s3, from_folder = (epoch(ShardData(uri, cfg(batch_size=2)), 0) for uri in (f"{s3_bucket}/pairs", folder))
+    assert sum(len(b["id"]) for b in from_s3) == 6
+    for a, b in zip(from_s3, from_folder, strict=True):
+        assert list(a["id"]) == list(b["id"])
+        for col in ("sketch", "color"):
+            torch.testing.assert_close(a[col], b[col], rtol=0, atol=0)
 
 
 def test_a_damaged_shard_is_named_before_ray_reads_it(tmp_path, ray_session):
