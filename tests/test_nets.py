@@ -44,18 +44,44 @@ def _dropouts(net: nn.Module) -> int:
 
 
 # ---------------------------------------------------------------------------------------- canonical counts
+# The published counts (../shared/REFERENCE.md) and, independently of our modules, the same counts from the layer
+# lists of junyanz's models/networks.py (UnetSkipConnectionBlock, ResnetGenerator) transcribed as arithmetic.
+
+
+def _conv(c_in: int, c_out: int, k: int, bias: bool) -> int:
+    return c_in * c_out * k * k + (c_out if bias else 0)
+
+
+def junyanz_unet_count(num_downs: int, norm: str, ngf: int = 64, channels: int = 3) -> int:
+    """unet_256 (num_downs 8) / unet_128 (7): 4x4 convolutions; biased where instance norm (no affine) or no norm
+    follows; batch norm's weight and bias per channel; the outermost up-convolution biased, with no norm."""
+    bias, norm_params = norm == "instance", (lambda c: 2 * c if norm == "batch" else 0)
+    inner = [(ngf, 2 * ngf), (2 * ngf, 4 * ngf), (4 * ngf, 8 * ngf), *[(8 * ngf, 8 * ngf)] * (num_downs - 5)]
+    total = _conv(channels, ngf, 4, bias) + _conv(2 * ngf, channels, 4, True)  # outermost
+    for outer, inside in inner:  # down conv + norm, up conv (of the skip-concatenated 2 x inside) + norm
+        total += _conv(outer, inside, 4, bias) + norm_params(inside) + _conv(2 * inside, outer, 4, bias)
+        total += norm_params(outer)
+    return total + _conv(8 * ngf, 8 * ngf, 4, bias) + _conv(8 * ngf, 8 * ngf, 4, bias) + norm_params(8 * ngf)
+
+
+def junyanz_resnet_count(n_blocks: int, ngf: int = 64, channels: int = 3) -> int:
+    """c7s1-ngf, d2ngf, d4ngf, n_blocks x R4ngf (two 3x3 convolutions each), u2ngf, ungf, c7s1-3; instance norm
+    without affine parameters, so every convolution has a bias."""
+    return (_conv(channels, ngf, 7, True) + _conv(ngf, 2 * ngf, 3, True) + _conv(2 * ngf, 4 * ngf, 3, True)
+            + n_blocks * 2 * _conv(4 * ngf, 4 * ngf, 3, True)
+            + _conv(4 * ngf, 2 * ngf, 3, True) + _conv(2 * ngf, ngf, 3, True) + _conv(ngf, channels, 7, True))
 
 
 def test_unet_256_batch_norm_parameter_count(unet256):
-    assert count_parameters(unet256) == 54_413_955
+    assert count_parameters(unet256) == 54_413_955 == junyanz_unet_count(8, "batch")
 
 
-@pytest.mark.parametrize(("kwargs", "expected"), [
-    (dict(image_size=256, norm="instance"), 54_409_603),
-    (dict(image_size=128, norm="batch"), 41_828_995),
+@pytest.mark.parametrize(("kwargs", "expected", "junyanz"), [
+    (dict(image_size=256, norm="instance"), 54_409_603, (8, "instance")),
+    (dict(image_size=128, norm="batch"), 41_828_995, (7, "batch")),
 ])
-def test_unet_parameter_counts(kwargs, expected):
-    assert count_parameters(_on_meta(UNetGenerator, **kwargs)) == expected
+def test_unet_parameter_counts(kwargs, expected, junyanz):
+    assert count_parameters(_on_meta(UNetGenerator, **kwargs)) == expected == junyanz_unet_count(*junyanz)
 
 
 @pytest.mark.parametrize(("kwargs", "expected"), [
@@ -288,11 +314,11 @@ def test_dcgan_generator_matches_the_reference_parameter_count_and_shapes():
 @pytest.mark.parametrize(("kwargs", "expected"), [
     (dict(n_blocks=6), 7_837_699),  # ../shared/REFERENCE.md, CycleGAN: instance norm, ngf 64, RGB -> RGB
     (dict(n_blocks=9), 11_378_179),
-    (dict(n_blocks=15, ngf=128), 73_782_275),  # CycleGANime's served generator
+    (dict(n_blocks=15, ngf=128), 73_782_275),  # REFERENCE.md: CycleGANime's served generator
 ])
 def test_resnet_generator_parameter_counts(kwargs, expected):
     net = _on_meta(ResNetGenerator, in_channels=3, out_channels=3, norm="instance", **kwargs)
-    assert count_parameters(net) == expected
+    assert count_parameters(net) == expected == junyanz_resnet_count(**kwargs)
 
 
 def test_resnet_generator_blocks_follow_the_paper():
