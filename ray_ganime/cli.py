@@ -295,7 +295,20 @@ def _metrics_summary(metrics: dict, direction: str = "") -> str:
             parts.append(f"eval FID {ev['fid']:.4g} [{backbone.get('name')}{note}]")
         if "ssim" in ev:
             parts.append(f"eval SSIM {ev['ssim']:.4f} ({ev.get('num_images', '?')} images)")
+        parts += _baselines_summary(ev)
     return ", ".join(parts) or "none recorded"
+
+
+def _baselines_summary(evaluation: dict) -> list[str]:
+    """What the trivial baselines score beside an evaluation, and whether the model beats copying its input."""
+    from ray_ganime import baselines as trivial
+
+    base = evaluation.get("baselines") or {}
+    scored = [f"{kind.replace('_', '-')} FID {b['fid']:.4g}" + (f" SSIM {b['ssim']:.4f}" if "ssim" in b else "")
+              for kind in trivial.LABELS if (b := base.get(kind))]
+    worse = trivial.shortfalls(evaluation) if "fid" in evaluation else []
+    return ([f"baselines: {'; '.join(scored)}"] if scored else []) + \
+        ([f"NOT better than copying the input on {' and '.join(worse)}"] if worse else [])
 
 
 def _fmt_optional(value) -> str:

@@ -30,7 +30,10 @@ nets run channels_last on CUDA.
 
 Reports (``write_reports``): a recipe with one generator writes ``metrics.json``, ``results.md`` and
 ``samples.png`` into the report folder; one with several writes ``<direction>/metrics.json`` and
-``<direction>/samples.png`` per direction and one ``results.md`` with a row per direction.
+``<direction>/samples.png`` per direction and one ``results.md`` with a row per direction. Each direction's
+trivial baselines (``evaluate_generators(baselines=True)``: copy the input, the training mean image, real vs real)
+get rows beside it, and a
+model that does not beat copying its input is said so in bold.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import numpy as np
 import ray
 import torch
 
+from ray_ganime import baselines as trivial
 from ray_ganime import checkpoints, images, metrics, preview, storage, transforms
 from ray_ganime.data import ShardData
 from ray_ganime.recipes import Direction
@@ -98,10 +102,18 @@ class _EvalUDF:
         self.backbone = json.dumps(ident, sort_keys=True)
         self.input_column, self.target_column = input_column, target_column
         self.samples_left = dict.fromkeys(self.generators, num_samples)
+        self.constant: dict[str, np.ndarray] = {}  # features of a constant generator's output, per job
         self.reported = False
 
     def _features(self, pixels: np.ndarray) -> np.ndarray:
         return metrics.inception_features(self.inception, pixels, self.device).astype(np.float32)
+
+    def _fake_features(self, job: str, fake: np.ndarray) -> np.ndarray:
+        if isinstance(self.generators[job], trivial.MeanImage):  # one image for every row: its features once
+            if job not in self.constant:
+                self.constant[job] = self._features(fake[:1])
+            return np.repeat(self.constant[job], len(fake), axis=0)
+        return self._features(fake)
 
     def _generate(self, job: str, inputs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -131,7 +143,7 @@ class _EvalUDF:
             return {**out, "job": batch["job"], **self._unpaired(inputs, batch["job"], batch["role"] == "fake")}
         job, = self.generators
         fake = self._generate(job, inputs)
-        out["feat_fake"] = self._features(fake)
+        out["feat_fake"] = self._fake_features(job, fake)
         targets = batch[self.target_column]
         if fake.shape != targets.shape:
             raise ValueError(f"generator output {fake.shape} does not match the target batch {targets.shape}")
@@ -147,7 +159,7 @@ class _EvalUDF:
             rows = is_fake & (jobs == job)
             inputs = pixels[rows]
             fake = self._generate(job, inputs)
-            out["feat_fake"][rows] = self._features(fake)
+            out["feat_fake"][rows] = self._fake_features(job, fake)
             out["sample"][rows] = self._samples(job, inputs, fake)
         if not is_fake.all():
             out["feat_real"][~is_fake] = self._features(pixels[~is_fake])
@@ -230,7 +242,7 @@ def evaluate_generator(generator: torch.nn.Module, data: ShardData, direction: D
 def evaluate_generators(generators: dict[str, tuple[torch.nn.Module, Direction]], data: ShardData, *,
                         split: str | None = None, fid_weights: str | None = None, max_images: int | None = None,
                         batch_size: int = 16, use_gpu: bool | None = None,
-                        concurrency: int | tuple[int, int] | None = None) -> dict[str, dict]:
+                        concurrency: int | tuple[int, int] | None = None, baselines: bool = False) -> dict[str, dict]:
     """FID (and, where ``direction.paired``, SSIM mean and std) of each generator (``{name: (generator,
     direction)}``) on ``split`` (default: the held-out one) of a data set, for its direction of a recipe,
     computed with Ray Data: every unpaired direction in one pass, each paired one in its own.
@@ -245,7 +257,12 @@ def evaluate_generators(generators: dict[str, tuple[torch.nn.Module, Direction]]
     Returns, per name, ``{"fid", "num_images", "fid_backbone", "split", "samples"}`` (+ ``"fid_warning"`` for a
     random-init backbone); paired also ``"ssim", "ssim_std"`` and ``samples`` as ``[input, output, target]``;
     unpaired also ``"num_real", "source", "target"`` and ``samples`` as ``[input, output]`` (at most 8, uint8).
+    ``baselines``: each result also gets its direction's trivial baselines (``"baselines"``: ``_baselines``),
+    from the data set's cache, or scored in this same pass and cached.
     """
+    if baselines:
+        return _with_baselines(generators, data, split=split, fid_weights=fid_weights, max_images=max_images,
+                               batch_size=batch_size, use_gpu=use_gpu, concurrency=concurrency)
     columns = {}
     for name, (_, direction) in generators.items():
         (source_domain, input_column), (target_domain, target_column) = (data.locate(direction.source),
@@ -319,6 +336,81 @@ def _result(totals: _Totals, direction: Direction, where: str, split: str) -> di
     return result
 
 
+# ------------------------------------------------------------------------------------------- trivial baselines
+
+
+def _with_baselines(generators: dict[str, tuple[torch.nn.Module, Direction]], data: ShardData, *,
+                    split: str | None, fid_weights: str | None, max_images: int | None, **options) -> dict[str, dict]:
+    """``evaluate_generators`` with each result's ``"baselines"``: {"copy_input": {"fid"[, "ssim"]}, "mean_image":
+    ..., "real_vs_real": {"fid", "num_images"}, "fid_backbone"} (a kind absent where the data allows none: no
+    training images for the mean, fewer than 4 held-out targets for the halves). The data set's cache is keyed by
+    the weights requested; a record made with other weights than these (a file replaced) is scored again."""
+    split = data.held_out_split(split)
+    source = metrics.resolve_fid_source(fid_weights)
+    keys = {name: trivial.cache_key(data, d, split, max_images, source) for name, (_, d) in generators.items()}
+    found = {name: record for name, key in keys.items() if (record := trivial.load(data, key)) is not None}
+    jobs = _trivial_jobs(data, {name: d for name, (_, d) in generators.items() if name not in found})
+    options = dict(split=split, fid_weights=fid_weights, max_images=max_images, **options)
+    results = evaluate_generators({**generators, **jobs}, data, **options)
+    for name in list(found):
+        if found[name].get("fid_backbone") != results[name]["fid_backbone"]:
+            del found[name]
+            retry = _trivial_jobs(data, {name: generators[name][1]})
+            results.update(evaluate_generators(retry, data, **options))
+    for name, (_, direction) in generators.items():
+        if name not in found:
+            found[name] = {}
+            for kind in ("copy_input", "mean_image"):
+                if (scored := results.pop(f"{name}|{kind}", None)) is not None:
+                    found[name][kind] = {k: scored[k] for k in ("fid", "ssim") if k in scored}
+            floor = _real_vs_real(data, direction, split, fid_weights, max_images, options["batch_size"])
+            found[name].update({"real_vs_real": floor} if floor else {}, fid_backbone=results[name]["fid_backbone"])
+            trivial.save(data, keys[name], found[name])
+        results[name]["baselines"] = found[name]
+    return results
+
+
+def _trivial_jobs(data: ShardData, directions: dict[str, Direction]) -> dict[str, tuple[torch.nn.Module, Direction]]:
+    """The trivial generators of each direction, as ``evaluate_generators`` takes them ("<name>|<kind>")."""
+    jobs = {}
+    for name, direction in directions.items():
+        jobs[f"{name}|copy_input"] = (trivial.CopyInput(), direction)
+        mean = _mean_image(data, direction)
+        if mean is not None:
+            jobs[f"{name}|mean_image"] = (trivial.MeanImage(mean), direction)
+    return jobs
+
+
+def _mean_image(data: ShardData, direction: Direction) -> np.ndarray | None:
+    """The mean of up to MEAN_IMAGES training target images at crop_size (float, 0-255); None without any."""
+    domain, column = data.locate(direction.target)
+    if data.count("train", domain) == 0:
+        return None
+    total, n = None, 0
+    ds = data.dataset("train", train=False, domain=domain).limit(trivial.MEAN_IMAGES)
+    for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
+        pixels = batch[column].astype(np.float64)
+        total = pixels.sum(axis=0) + (0 if total is None else total)
+        n += len(pixels)
+    return None if n == 0 else total / n
+
+
+def _real_vs_real(data: ShardData, direction: Direction, split: str, fid_weights: str | None,
+                  max_images: int | None, batch_size: int) -> dict | None:
+    """FID between the even and the odd held-out target images (up to MEAN_IMAGES of them, in this process)."""
+    domain, _ = data.locate(direction.target)
+    n = min(data.count(split, domain), max_images or trivial.MEAN_IMAGES, trivial.MEAN_IMAGES)
+    if n < 4:
+        return None
+    pixels = data.decoded(split, [direction.target], n)[direction.target]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    inception, _ = metrics.load_fid_inception(fid_weights, device)
+    features = np.concatenate([metrics.inception_features(inception, pixels[i:i + batch_size], device)
+                               for i in range(0, len(pixels), batch_size)])
+    return {"fid": float(metrics.fid_from_features(features[0::2], features[1::2], warn=False)),
+            "num_images": int(len(pixels))}
+
+
 # ------------------------------------------------------------------------------------------------ reports
 
 
@@ -333,6 +425,17 @@ def _row(name: str, result: dict) -> str:
     """The GANime study's ``| model | FID | SSIM |`` row (SSIM "-" where the data has no pairs)."""
     ssim = f"{result['ssim']:.3f}" if "ssim" in result else "-"
     return f"| {name} | {_fid_cell(result)} | {ssim} |"
+
+
+def _baseline_rows(result: dict, prefix: str = "") -> list[str]:
+    """A row per trivial baseline of the result's direction, scored with the model's Inception weights."""
+    return [_row(f"{prefix}baseline: {label}", {**scores, "fid_backbone": result.get("fid_backbone", {})})
+            for kind, label in trivial.LABELS.items() if (scores := (result.get("baselines") or {}).get(kind))]
+
+
+def _shortfall_line(result: dict) -> list[str]:
+    worse = trivial.shortfalls(result)
+    return [f"**{result['model']} does not beat copying its input on {' and '.join(worse)}.**"] if worse else []
 
 
 def _notes(result: dict, prefix: str = "") -> list[str]:
@@ -379,7 +482,8 @@ def write_report(result: dict, out_uri: str, model_name: str, extra: dict | None
     uris = {"metrics": storage.join(out_uri, "metrics.json"), "markdown": storage.join(out_uri, "results.md"),
             "samples": storage.join(out_uri, "samples.png")}
     _write_record(uris["metrics"], result, model_name, extra, options)
-    lines = ["| model | FID | SSIM |", "|---|---|---|", _row(model_name, result), "", *_notes(result)]
+    lines = ["| model | FID | SSIM |", "|---|---|---|", _row(model_name, result), *_baseline_rows(result), "",
+             *_shortfall_line({**result, "model": model_name}), *_notes(result)]
     storage.write_bytes(uris["markdown"], ("\n".join(lines) + "\n").encode(), options)
     _write_samples(uris["samples"], result, options)
     return uris
@@ -394,7 +498,7 @@ def write_reports(results: dict[str, dict], out_uri: str, extra: dict | None = N
     if list(results) == [""]:
         return {"": write_report(results[""], out_uri, results[""]["model"], extra, options)}
     markdown = storage.join(out_uri, "results.md")
-    files, rows, notes = {}, [], []
+    files, rows, notes, shortfalls = {}, [], [], []
     for direction, result in results.items():
         folder = storage.join(out_uri, direction)
         files[direction] = {"metrics": storage.join(folder, "metrics.json"), "markdown": markdown,
@@ -402,11 +506,12 @@ def write_reports(results: dict[str, dict], out_uri: str, extra: dict | None = N
         _write_record(files[direction]["metrics"], result, result["model"], {**(extra or {}), "direction": direction},
                       options)
         _write_samples(files[direction]["samples"], result, options)
-        rows.append(_row(result["model"], result))
+        rows += [_row(result["model"], result), *_baseline_rows(result, prefix=f"{result['model']} ")]
         notes.append(_notes(result, prefix=f"{result['model']}: "))
+        shortfalls += _shortfall_line(result)
     # Each direction's counts, then the caveats once (they are the same for every direction).
     caveats = dict.fromkeys(line for note in notes for line in note[1:])
-    lines = ["| model | FID | SSIM |", "|---|---|---|", *rows, "", *(n[0] for n in notes), *caveats]
+    lines = ["| model | FID | SSIM |", "|---|---|---|", *rows, "", *shortfalls, *(n[0] for n in notes), *caveats]
     storage.write_bytes(markdown, ("\n".join(lines) + "\n").encode(), options)
     return files
 
@@ -420,6 +525,13 @@ def summary_lines(results: dict[str, dict], files: dict[str, dict]) -> list[str]
             f"{result['num_images']} generated vs {result['num_real']} real images"
         lines.append(f"{result['model']}: FID {result['fid']:.1f}{ssim}  ({count}, "
                      f"Inception weights: {result['fid_backbone']['name']})")
+        scored = [f"{label.split(' (')[0]} FID {b['fid']:.1f}" + (f" SSIM {b['ssim']:.4f}" if "ssim" in b else "")
+                  for kind, label in trivial.LABELS.items() if (b := (result.get("baselines") or {}).get(kind))]
+        if scored:
+            lines.append(f"  baselines: {'; '.join(scored)}")
+        if trivial.shortfalls(result):
+            lines.append(f"WARNING: {result['model']} does not beat copying its input on "
+                         f"{' and '.join(trivial.shortfalls(result))}")
         if result.get("fid_warning"):
             lines.append(f"WARNING: {result['fid_warning']}")
     printed = set()
@@ -451,7 +563,7 @@ def evaluate_checkpoint(model_uri: str, cfg, data_uri: str | None = None,
     evaluated = evaluate_generators({k: (recipe.generator(k).eval(), d) for k, d in directions.items()}, data,
                                     split=cfg.eval.split, fid_weights=cfg.eval.fid_weights,
                                     max_images=cfg.eval.max_images, batch_size=cfg.eval.batch_size,
-                                    concurrency=cfg.eval.actors)
+                                    concurrency=cfg.eval.actors, baselines=True)
     pretrained = {"pretrained": meta["pretrained"]} if meta.get("pretrained") else {}
     results = {k: {**evaluated[k], "model": recipe.display_name() + (f" {k}" if k else ""), **pretrained}
                for k in directions}

@@ -92,3 +92,14 @@ def test_a_package_summary_shows_the_recipes_own_validation_measures():
                               "val_split": "test"}}
     assert _metrics_summary(metrics, "a2b") == "val_cycle_l1 0.2985, val_cycle_l1_a 0.25"
     assert _metrics_summary({}) == "none recorded"
+
+
+def test_a_package_summary_shows_the_baselines_and_a_model_that_does_not_beat_copying():
+    from ray_ganime.cli import _metrics_summary
+
+    evaluation = {"fid": 80.0, "ssim": 0.5, "num_images": 12, "fid_backbone": {"name": "pt_inception"},
+                  "baselines": {"copy_input": {"fid": 90.0, "ssim": 0.85}, "mean_image": {"fid": 200.0, "ssim": 0.3},
+                                "real_vs_real": {"fid": 20.0, "num_images": 12}, "fid_backbone": {"name": "x"}}}
+    assert _metrics_summary({"evaluation": evaluation}) == (
+        "eval FID 80 [pt_inception], eval SSIM 0.5000 (12 images), baselines: copy-input FID 90 SSIM 0.8500; "
+        "mean-image FID 200 SSIM 0.3000; real-vs-real FID 20, NOT better than copying the input on SSIM")

@@ -142,6 +142,42 @@ def test_random_init_label_and_report_files(data, tmp_path):
     assert sheet.shape == (n * (tile + pad) + pad, 3 * (tile + pad) + pad, 3)
 
 
+def test_baselines_are_scored_like_a_model_and_kept_beside_the_manifest(data, tmp_path, monkeypatch):
+    """On this set the colour image IS the sketch, so copying the input is perfect: a model is read against that,
+    the training mean image and two halves of the real images, and one that does not beat copying is said so."""
+    gray, _ = run(data, "gray")
+    options = dict(fid_weights="random", batch_size=8, concurrency=IN_PROCESS, baselines=True)
+    scored = evaluate.evaluate_generator(gray_generator(), data, PAIRED, **options)
+    assert {k: v for k, v in scored.items() if k not in ("baselines", "samples")} == \
+        {k: v for k, v in gray.items() if k != "samples"}  # the model's own scores, unchanged
+    base = scored["baselines"]
+    copy, mean, floor = base["copy_input"], base["mean_image"], base["real_vs_real"]
+    assert copy["ssim"] == pytest.approx(1.0, abs=1e-6) and abs(copy["fid"]) < 1e-6 * mean["fid"]
+    assert mean["ssim"] < 0.9 and floor["num_images"] == N_TEST and floor["fid"] > 0
+    assert base["fid_backbone"] == gray["fid_backbone"]
+    train_images = data.decoded("train", ["color"], 2)["color"].astype(np.float64)
+    np.testing.assert_allclose(evaluate._mean_image(data, PAIRED), train_images.mean(axis=0))
+    # Kept beside the manifest, read back rather than scored again; another max_images is another record.
+    assert len(list(Path(data.uri, "baselines").iterdir())) == 1
+    with monkeypatch.context() as m:
+        m.setattr(evaluate, "_trivial_jobs", lambda *a: pytest.fail("baselines scored again") if a[1] else {})
+        assert evaluate.evaluate_generator(gray_generator(), data, PAIRED, **options)["baselines"] == base
+    assert evaluate.evaluate_generator(gray_generator(), data, PAIRED, max_images=4, **options)["baselines"] != base
+    assert len(list(Path(data.uri, "baselines").iterdir())) == 2
+
+    files = evaluate.write_report({**gray, "baselines": base}, str(tmp_path / "eval"), "Gray")
+    lines = storage.read_bytes(files["markdown"]).decode().splitlines()
+    assert [line.split("|")[1].strip() for line in lines[2:6]] == [
+        "Gray", "baseline: copy the input", "baseline: the training set's mean image",
+        "baseline: real vs real (two halves of the held-out targets)"]
+    assert float(lines[3].split("|")[3]) == pytest.approx(1.0, abs=5e-4)
+    assert lines[6] == "" and lines[7] == "**Gray does not beat copying its input on FID and SSIM.**"
+    assert json.loads(storage.read_bytes(files["metrics"]))["baselines"] == base
+    summary = evaluate.summary_lines({"": {**gray, "baselines": base, "model": "Gray"}}, {"": files})
+    assert summary[1].startswith("  baselines: copy the input FID ") and " SSIM 1.0000; " in summary[1]
+    assert summary[2] == "WARNING: Gray does not beat copying its input on FID and SSIM"
+
+
 def sample_space_fid(a: np.ndarray, b: np.ndarray) -> float:
     """FID of two (n, D) feature sets of equal n in closed form, independent of metrics/evaluate:
     tr sqrt(S1 S2) is the nuclear norm of A B^T / (n - 1), A and B the centred rows. Exact, and O(n^2 D)
@@ -295,14 +331,20 @@ def test_cyclegan_checkpoint_reports_every_direction(unpaired, tmp_path):
 
     lines = (out / "results.md").read_text().splitlines()
     assert lines[:2] == ["| model | FID | SSIM |", "|---|---|---|"]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:4]]
-    assert [r[0] for r in rows] == ["CycleGAN a2b", "CycleGAN b2a"] and [r[2] for r in rows] == ["-", "-"]
-    for row, direction in zip(rows, ("a2b", "b2a")):
+    table = [line for line in lines if line.startswith("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    kinds = ["copy the input", "the training set's mean image", "real vs real (two halves of the held-out targets)"]
+    assert [r[0] for r in rows] == [name for d in ("a2b", "b2a")
+                                    for name in (f"CycleGAN {d}", *(f"CycleGAN {d} baseline: {k}" for k in kinds))]
+    assert all(r[2] == "-" for r in rows)  # unpaired: no SSIM
+    for row, direction in zip(rows[::4], ("a2b", "b2a")):
         assert "random-init Inception: not comparable" in row[1]
         assert float(row[1].split()[0]) == pytest.approx(results[direction]["fid"], rel=1e-3)
+        assert set(results[direction]["baselines"]) == {"copy_input", "mean_image", "real_vs_real", "fid_backbone"}
     text = "\n".join(lines)
-    assert lines[4] == "" and lines[5].startswith(f"CycleGAN a2b: {N_A} images generated from 'A' against {N_B} real 'B'")
-    assert lines[6].startswith(f"CycleGAN b2a: {N_B} images generated from 'B' against {N_A} real 'A'")
+    assert lines[len(table)] == ""
+    assert f"\nCycleGAN a2b: {N_A} images generated from 'A' against {N_B} real 'B'" in text
+    assert f"\nCycleGAN b2a: {N_B} images generated from 'B' against {N_A} real 'A'" in text
     assert text.count("RANDOM-INIT INCEPTION") == 1
 
     summary = evaluate.summary_lines(results, files)

@@ -21,9 +21,11 @@ from .fid import (
 from .ssim import ssim, ssim_torch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .inception import FIDInceptionV3, inception_features, load_fid_helper_torchscript, load_fid_inception
+    from .inception import (FIDInceptionV3, inception_features, load_fid_helper_torchscript, load_fid_inception,
+                            resolve_fid_source)
 
-_LAZY_INCEPTION = {"FIDInceptionV3", "load_fid_inception", "load_fid_helper_torchscript", "inception_features"}
+_LAZY_INCEPTION = {"FIDInceptionV3", "load_fid_inception", "load_fid_helper_torchscript", "inception_features",
+                   "resolve_fid_source"}
 
 __all__ = [
     "ssim",
@@ -40,6 +42,7 @@ __all__ = [
     "FIDInceptionV3",
     "load_fid_inception",
     "load_fid_helper_torchscript",
+    "resolve_fid_source",
 ]
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "FIDInceptionE_1",
     "FIDInceptionE_2",
     "load_fid_inception",
+    "resolve_fid_source",
     "load_fid_helper_torchscript",
     "inception_features",
     "find_fid_helper_weights",
@@ -512,6 +513,17 @@ def _from_fid_helper(path: Path | None = None) -> tuple[FIDInceptionV3, dict]:
         "source": str(p),
     }
     return model, ident
+
+
+def resolve_fid_source(source: str | None = None) -> str:
+    """Which weights ``load_fid_inception(source)`` would load, without loading them: the source itself, or for
+    None (auto) ``$GANIME_FID_WEIGHTS``, else "hub", "fid-helper" or "random" as the machine has them."""
+    source = source or os.environ.get(FID_WEIGHTS_ENV)
+    if source:
+        return source
+    if _hub_weights_path().is_file():
+        return "hub"
+    return "fid-helper" if find_fid_helper_weights() is not None else "random"
 
 
 def load_fid_inception(source: str | None = None, device: str | torch.device = "cpu") -> tuple[FIDInceptionV3, dict]:
