@@ -27,7 +27,7 @@ def _number(value: float) -> str:
 def epoch_line(m: dict, epochs: int, eta_s: float | None) -> str:
     """``epoch 3/40  loss_D 0.45  loss_G 1.2  val_ssim 0.51  64 img/s  0.9 s  eta 0:36``."""
     losses = [f"{k} {_number(v)}" for k, v in sorted(m.items())
-              if isinstance(v, float) and k not in HIDDEN and not k.startswith(("val_", "lr_"))]
+              if isinstance(v, float) and k not in HIDDEN and not k.startswith(("val_", "lr_", "baseline_"))]
     scores = [f"{k} {_number(v)}" for k, v in sorted(m.items()) if k.startswith("val_") and isinstance(v, float)]
     speed = f"{m['images_per_s']:.0f} img/s  {m['epoch_time_s']:.1f} s" if "images_per_s" in m else ""
     eta = f"eta {int(eta_s) // 3600}:{int(eta_s) % 3600 // 60:02d}:{int(eta_s) % 60:02d}" if eta_s is not None else ""
@@ -39,7 +39,9 @@ def notices(m: dict) -> list[str]:
     found = [f"{k[:-len('_weights')]} uses {v}" for k, v in m.items() if k.endswith("_weights") and "RANDOM" in str(v)]
     if "RANDOM" in str(m.get("val_fid_backbone", "")):
         found.append("val_fid is computed with a RANDOM-INIT Inception: not a real FID")
-    return [f"warning: {text}: its numbers are not comparable with runs that used the real weights" for text in found]
+    told = [f"warning: {text}: its numbers are not comparable with runs that used the real weights" for text in found]
+    copy = [f"{k[len('baseline_copy_'):]} {_number(v)}" for k, v in sorted(m.items()) if k.startswith("baseline_copy_")]
+    return told + ([f"copying the input scores {'  '.join(copy)} on the same images"] if copy else [])
 
 
 class RunProgress:

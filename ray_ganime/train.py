@@ -188,6 +188,26 @@ class Validator:
             for d in self.directions.values():
                 self.real_features[d.target] = metrics.inception_features(self.inception, self.images[d.target],
                                                                            device)
+        self.baseline = self._copy_input_scores()
+
+    def _copy_input_scores(self) -> dict:
+        """What returning the input unchanged scores on the same subset (``baseline_copy_val_*``, reported with
+        every epoch: a model's val_ssim means little without it, e.g. on line art SSIM rewards copying)."""
+        from ray_ganime import metrics
+
+        out = {}
+        for key, d in self.directions.items():
+            suffix = f"_{key}" if key else ""
+            source, target = self.images[d.source], self.images[d.target]
+            if d.paired and source.shape == target.shape:
+                out[f"baseline_copy_val_ssim{suffix}"] = float(np.mean(metrics.ssim(source, target)))
+                difference = transforms.to_tensor(source) - transforms.to_tensor(target)
+                out[f"baseline_copy_val_l1{suffix}"] = difference.abs().mean(dim=(1, 2, 3)).mean().item()
+            if self.inception is not None and source.shape[1:] == target.shape[1:]:
+                features = metrics.inception_features(self.inception, source, self.device)
+                out[f"baseline_copy_val_fid{suffix}"] = metrics.fid_from_features(
+                    features, self.real_features[d.target], warn=False)
+        return out
 
     @torch.no_grad()
     def __call__(self) -> dict:
@@ -218,7 +238,7 @@ class Validator:
         out.update(self.recipe.validation_extras(inputs, fakes))
         for k, net in self.recipe.nets.items():
             net.train(was[k])
-        out.update({"val_split": self.split, "val_images": len(next(iter(fakes.values())))})
+        out.update({"val_split": self.split, "val_images": len(next(iter(fakes.values()))), **self.baseline})
         if self.inception is not None:
             out["val_fid_backbone"] = self.backbone["name"]
         return out

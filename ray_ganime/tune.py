@@ -361,6 +361,7 @@ def trial_rows(grid, cfg: Config, uri: str, keys: list[str]) -> list[dict]:
             "status": "error" if result.error else ("stopped early" if epochs < cfg.train.epochs else "completed"),
             "checkpoint": checkpoints.uri_of(cfg.store.uri, checkpoint) if checkpoint else None,
             "run": run, "history": [(h["epoch"], h.get(cfg.tune.metric)) for h in history],
+            "baseline": {k[len("baseline_copy_"):]: v for k, v in last.items() if k.startswith("baseline_copy_")},
         })
     return sorted(rows, key=lambda r: r["trial"])
 
@@ -404,6 +405,11 @@ def write_results(rows: list[dict], cfg: Config, uri: str, keys: list[str], opti
              f"search {cfg.tune.search}, {cfg.train.epochs} epochs per trial.", "",
              "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table[shown].itertuples(index=False)]
+    # The same validation images for every trial: what copying the input scores on them, once, as a row.
+    copy = next((r["baseline"] for r in rows if r.get("baseline")), {})
+    if copy:
+        lines.append("| " + " | ".join("baseline: copy the input" if c == "trial" else _fmt(copy.get(c))
+                                       for c in shown) + " |")
     storage.write_bytes(uris["markdown"], ("\n".join(lines) + "\n").encode(), options)
     storage.write_bytes(uris["plot"], _plot(rows, metric, keys), options)
     return uris

@@ -392,6 +392,13 @@ def test_validator_scores_the_subset_without_touching_the_rng(tmp_path):
     assert scores["val_ssim"] == pytest.approx(float(np.mean(metrics.ssim(transforms.to_uint8(fake),
                                                                           validate.images["color"]))))
     assert np.isfinite(scores["val_fid"]) and "RANDOM" in scores["val_fid_backbone"]
+    # Beside them, what copying the sketch scores on the same images and weights.
+    sketch_u8, colour_u8 = validate.images["sketch"], validate.images["color"]
+    assert scores["baseline_copy_val_l1"] == pytest.approx((sketch - colour).abs().mean().item(), rel=1e-5)
+    assert scores["baseline_copy_val_ssim"] == pytest.approx(float(np.mean(metrics.ssim(sketch_u8, colour_u8))))
+    real = metrics.inception_features(validate.inception, colour_u8, "cpu")
+    copied = metrics.inception_features(validate.inception, sketch_u8, "cpu")
+    assert scores["baseline_copy_val_fid"] == pytest.approx(metrics.fid_from_features(copied, real, warn=False))
 
 
 def test_a_run_this_machine_cannot_hold_is_one_line_before_ray_train_starts(store, capsys):

@@ -358,6 +358,11 @@ def test_results_table_and_plot_list_every_trial(asha_sweep):
         assert sum(line.startswith(r["trial"] + ",") for line in csv) == 1
         assert markdown.count(f"| {r['trial']} |") == 1
     assert "stopped early" in markdown and "completed" in markdown
+    # What copying the input scores on the same validation images, once, with the trials' columns.
+    header, copy = markdown.splitlines()[4], [line for line in markdown.splitlines() if "baseline: copy" in line]
+    assert len(copy) == 1 and copy[0].startswith("| baseline: copy the input |")
+    cells = dict(zip(header.strip("|").split(" | "), copy[0].strip("|").split(" | ")))
+    assert float(cells["val_ssim"]) == pytest.approx(asha_sweep["trials"][0]["baseline"]["val_ssim"], rel=1e-3)
     plot = images.decode_rgb(storage.read_bytes(asha_sweep["plot"]))
     assert plot.shape[0] > 200 and plot.std() > 10  # a drawn chart, not a blank canvas
 
