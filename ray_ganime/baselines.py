@@ -7,8 +7,9 @@ scores, per direction, in the model's own pass:
 
 - ``copy_input``: the input returned unchanged (image-to-image directions);
 - ``mean_image``: the training set's mean target image, whatever the input;
-- ``real_vs_real``: the FID between two halves of the held-out target images (a floor: no model is expected to
-  get below it on this many images), where the split has at least 4.
+- ``real_vs_real``: the FID between two halves of the held-out target images, alternate ones as the model's pass
+  scores them (a floor: no model is expected to get below it on this many images), where the split has at
+  least 4.
 
 They depend only on the data set, the direction, the decode settings and the metric weights, so they are computed
 once and kept beside the manifest (``<data set>/baselines/<key>.json``), for every later evaluation and trial.

@@ -31,9 +31,8 @@ nets run channels_last on CUDA.
 Reports (``write_reports``): a recipe with one generator writes ``metrics.json``, ``results.md`` and
 ``samples.png`` into the report folder; one with several writes ``<direction>/metrics.json`` and
 ``<direction>/samples.png`` per direction and one ``results.md`` with a row per direction. Each direction's
-trivial baselines (``evaluate_generators(baselines=True)``: copy the input, the training mean image, real vs real)
-get rows beside it, and a
-model that does not beat copying its input is said so in bold.
+trivial baselines (``evaluate_generators(baselines=True)``: copy the input, the training mean image, real vs
+real) get rows beside it, and a model that does not beat copying its input is said so in bold.
 """
 
 from __future__ import annotations
@@ -183,6 +182,8 @@ class _Totals:
 
     def __init__(self, tiles: int, backbones: set[str]) -> None:
         self.fake, self.real = metrics.moments_pair(metrics.FIDInceptionV3.FEATURE_DIM)
+        # The real rows again, split in two: the real-vs-real FID floor, at no extra Inception pass.
+        self.halves = metrics.moments_pair(metrics.FIDInceptionV3.FEATURE_DIM)
         self.ids: dict[str, list[str]] = {"feat_fake": [], "feat_real": []}
         self.scores: list[np.ndarray] = []
         self.samples: list[list[np.ndarray]] = []
@@ -195,6 +196,11 @@ class _Totals:
                 rows = ~np.isnan(batch[key][:, 0])  # an unpaired batch: each row is one side's
                 moments.add(batch[key][rows])
                 self.ids[key].extend(str(i) for i in batch["id"][rows])
+        if "feat_real" in batch:  # alternately, in the order they arrive: halves of equal size
+            real = batch["feat_real"][~np.isnan(batch["feat_real"][:, 0])]
+            first = sum(half.n for half in self.halves) % 2
+            self.halves[first].add(real[0::2])
+            self.halves[1 - first].add(real[1::2])
         if "ssim" in batch:
             self.scores.append(np.asarray(batch["ssim"], np.float64))
         self.backbones.update(b for b in batch["backbone"] if b)
@@ -242,7 +248,8 @@ def evaluate_generator(generator: torch.nn.Module, data: ShardData, direction: D
 def evaluate_generators(generators: dict[str, tuple[torch.nn.Module, Direction]], data: ShardData, *,
                         split: str | None = None, fid_weights: str | None = None, max_images: int | None = None,
                         batch_size: int = 16, use_gpu: bool | None = None,
-                        concurrency: int | tuple[int, int] | None = None, baselines: bool = False) -> dict[str, dict]:
+                        concurrency: int | tuple[int, int] | None = None, baselines: bool = False,
+                        keep_halves: bool = False) -> dict[str, dict]:
     """FID (and, where ``direction.paired``, SSIM mean and std) of each generator (``{name: (generator,
     direction)}``) on ``split`` (default: the held-out one) of a data set, for its direction of a recipe,
     computed with Ray Data: every unpaired direction in one pass, each paired one in its own.
@@ -257,8 +264,9 @@ def evaluate_generators(generators: dict[str, tuple[torch.nn.Module, Direction]]
     Returns, per name, ``{"fid", "num_images", "fid_backbone", "split", "samples"}`` (+ ``"fid_warning"`` for a
     random-init backbone); paired also ``"ssim", "ssim_std"`` and ``samples`` as ``[input, output, target]``;
     unpaired also ``"num_real", "source", "target"`` and ``samples`` as ``[input, output]`` (at most 8, uint8).
-    ``baselines``: each result also gets its direction's trivial baselines (``"baselines"``: ``_baselines``),
-    from the data set's cache, or scored in this same pass and cached.
+    ``baselines``: each result also gets its direction's trivial baselines (``"baselines"``: ``_with_baselines``),
+    from the data set's cache, or scored in this same pass and cached. (``keep_halves``: its real-vs-real
+    moments, for ``_with_baselines``.)
     """
     if baselines:
         return _with_baselines(generators, data, split=split, fid_weights=fid_weights, max_images=max_images,
@@ -311,8 +319,12 @@ def evaluate_generators(generators: dict[str, tuple[torch.nn.Module, Direction]]
             for name in set(jobs):
                 mine = jobs == name
                 totals[name].add({k: v[mine] for k, v in batch.items()})
-    return {name: _result(totals[name], direction, f"{data.uri} split {split!r}", split)
-            for name, (_, direction) in generators.items()}
+    results = {name: _result(totals[name], direction, f"{data.uri} split {split!r}", split)
+               for name, (_, direction) in generators.items()}
+    if not keep_halves:
+        for result in results.values():
+            del result["_real_halves"]
+    return results
 
 
 def _result(totals: _Totals, direction: Direction, where: str, split: str) -> dict:
@@ -328,7 +340,7 @@ def _result(totals: _Totals, direction: Direction, where: str, split: str) -> di
         metrics.warn_if_few_samples(min(n, n_real), "generated or the target set")
     backbone = totals.backbone()
     result.update(fid=float(metrics.fid_of_moments(totals.fake, totals.real)), num_images=n,
-                  fid_backbone=backbone, split=split, samples=totals.samples)
+                  fid_backbone=backbone, split=split, samples=totals.samples, _real_halves=totals.halves)
     if backbone.get("random_init"):
         result["fid_warning"] = RANDOM_INIT_WARNING
         warnings.warn(f"{RANDOM_INIT_WARNING} (Inception weights: {backbone.get('name')})", UserWarning,
@@ -350,21 +362,24 @@ def _with_baselines(generators: dict[str, tuple[torch.nn.Module, Direction]], da
     keys = {name: trivial.cache_key(data, d, split, max_images, source) for name, (_, d) in generators.items()}
     found = {name: record for name, key in keys.items() if (record := trivial.load(data, key)) is not None}
     jobs = _trivial_jobs(data, {name: d for name, (_, d) in generators.items() if name not in found})
-    options = dict(split=split, fid_weights=fid_weights, max_images=max_images, **options)
+    options = dict(split=split, fid_weights=fid_weights, max_images=max_images, keep_halves=True, **options)
     results = evaluate_generators({**generators, **jobs}, data, **options)
     for name in list(found):
         if found[name].get("fid_backbone") != results[name]["fid_backbone"]:
             del found[name]
             retry = _trivial_jobs(data, {name: generators[name][1]})
             results.update(evaluate_generators(retry, data, **options))
-    for name, (_, direction) in generators.items():
+    for name in generators:
+        halves = results[name].pop("_real_halves")
         if name not in found:
             found[name] = {}
             for kind in ("copy_input", "mean_image"):
                 if (scored := results.pop(f"{name}|{kind}", None)) is not None:
                     found[name][kind] = {k: scored[k] for k in ("fid", "ssim") if k in scored}
-            floor = _real_vs_real(data, direction, split, fid_weights, max_images, options["batch_size"])
-            found[name].update({"real_vs_real": floor} if floor else {}, fid_backbone=results[name]["fid_backbone"])
+            if min(half.n for half in halves) >= 2:
+                found[name]["real_vs_real"] = {"fid": float(metrics.fid_of_moments(*halves)),
+                                               "num_images": int(sum(half.n for half in halves))}
+            found[name]["fid_backbone"] = results[name]["fid_backbone"]
             trivial.save(data, keys[name], found[name])
         results[name]["baselines"] = found[name]
     return results
@@ -393,22 +408,6 @@ def _mean_image(data: ShardData, direction: Direction) -> np.ndarray | None:
         total = pixels.sum(axis=0) + (0 if total is None else total)
         n += len(pixels)
     return None if n == 0 else total / n
-
-
-def _real_vs_real(data: ShardData, direction: Direction, split: str, fid_weights: str | None,
-                  max_images: int | None, batch_size: int) -> dict | None:
-    """FID between the even and the odd held-out target images (up to MEAN_IMAGES of them, in this process)."""
-    domain, _ = data.locate(direction.target)
-    n = min(data.count(split, domain), max_images or trivial.MEAN_IMAGES, trivial.MEAN_IMAGES)
-    if n < 4:
-        return None
-    pixels = data.decoded(split, [direction.target], n)[direction.target]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    inception, _ = metrics.load_fid_inception(fid_weights, device)
-    features = np.concatenate([metrics.inception_features(inception, pixels[i:i + batch_size], device)
-                               for i in range(0, len(pixels), batch_size)])
-    return {"fid": float(metrics.fid_from_features(features[0::2], features[1::2], warn=False)),
-            "num_images": int(len(pixels))}
 
 
 # ------------------------------------------------------------------------------------------------ reports
