@@ -303,12 +303,8 @@ def _baselines_summary(evaluation: dict) -> list[str]:
     """What the trivial baselines score beside an evaluation, and whether the model beats copying its input."""
     from ray_ganime import baselines as trivial
 
-    base = evaluation.get("baselines") or {}
-    scored = [f"{kind.replace('_', '-')} FID {b['fid']:.4g}" + (f" SSIM {b['ssim']:.4f}" if "ssim" in b else "")
-              for kind in trivial.LABELS if (b := base.get(kind))]
-    worse = trivial.shortfalls(evaluation) if "fid" in evaluation else []
-    return ([f"baselines: {'; '.join(scored)}"] if scored else []) + \
-        ([f"NOT better than copying the input on {' and '.join(worse)}"] if worse else [])
+    scored, shortfall = trivial.scored(evaluation), trivial.shortfall(evaluation)
+    return ([f"baselines: {scored}"] if scored else []) + ([f"the model {shortfall}"] if shortfall else [])
 
 
 def _fmt_optional(value) -> str:

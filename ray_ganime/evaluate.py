@@ -182,7 +182,7 @@ class _Totals:
 
     def __init__(self, tiles: int, backbones: set[str]) -> None:
         self.fake, self.real = metrics.moments_pair(metrics.FIDInceptionV3.FEATURE_DIM)
-        # The real rows again, split in two: the real-vs-real FID floor, at no extra Inception pass.
+        # The real rows again, split in two: the real-vs-real FID reference, at no extra Inception pass.
         self.halves = metrics.moments_pair(metrics.FIDInceptionV3.FEATURE_DIM)
         self.ids: dict[str, list[str]] = {"feat_fake": [], "feat_real": []}
         self.scores: list[np.ndarray] = []
@@ -265,8 +265,8 @@ def evaluate_generators(generators: dict[str, tuple[torch.nn.Module, Direction]]
     random-init backbone); paired also ``"ssim", "ssim_std"`` and ``samples`` as ``[input, output, target]``;
     unpaired also ``"num_real", "source", "target"`` and ``samples`` as ``[input, output]`` (at most 8, uint8).
     ``baselines``: each result also gets its direction's trivial baselines (``"baselines"``: ``_with_baselines``),
-    from the data set's cache, or scored in this same pass and cached. (``keep_halves``: its real-vs-real
-    moments, for ``_with_baselines``.)
+    from the data set's cache, or scored beside it (an unpaired direction's in the same pass) and cached.
+    (``keep_halves``: its real-vs-real moments, for ``_with_baselines``.)
     """
     if baselines:
         return _with_baselines(generators, data, split=split, fid_weights=fid_weights, max_images=max_images,
@@ -433,8 +433,7 @@ def _baseline_rows(result: dict, prefix: str = "") -> list[str]:
 
 
 def _shortfall_line(result: dict) -> list[str]:
-    worse = trivial.shortfalls(result)
-    return [f"**{result['model']} does not beat copying its input on {' and '.join(worse)}.**"] if worse else []
+    return [f"**{result['model']} {text}.**"] if (text := trivial.shortfall(result)) else []
 
 
 def _notes(result: dict, prefix: str = "") -> list[str]:
@@ -524,13 +523,10 @@ def summary_lines(results: dict[str, dict], files: dict[str, dict]) -> list[str]
             f"{result['num_images']} generated vs {result['num_real']} real images"
         lines.append(f"{result['model']}: FID {result['fid']:.1f}{ssim}  ({count}, "
                      f"Inception weights: {result['fid_backbone']['name']})")
-        scored = [f"{label.split(' (')[0]} FID {b['fid']:.1f}" + (f" SSIM {b['ssim']:.4f}" if "ssim" in b else "")
-                  for kind, label in trivial.LABELS.items() if (b := (result.get("baselines") or {}).get(kind))]
-        if scored:
-            lines.append(f"  baselines: {'; '.join(scored)}")
-        if trivial.shortfalls(result):
-            lines.append(f"WARNING: {result['model']} does not beat copying its input on "
-                         f"{' and '.join(trivial.shortfalls(result))}")
+        if scored := trivial.scored(result):
+            lines.append(f"  baselines: {scored}")
+        if shortfall := trivial.shortfall(result):
+            lines.append(f"WARNING: {result['model']} {shortfall}")
         if result.get("fid_warning"):
             lines.append(f"WARNING: {result['fid_warning']}")
     printed = set()

@@ -109,7 +109,9 @@ def _read(run_uri: str, generation: int, options: storage.StoreOptions | None) -
 
 def check_held(run_uri: str, generation: int, options: storage.StoreOptions | None = None) -> None:
     """RunTakenOver when a generation newer than ``generation`` (the driver's) exists: another driver took the
-    run over. Called where training is about to write the run's state (on a Ray Train worker: no Lease object)."""
+    run over. Called where training is about to write the run's state (on a Ray Train worker: no Lease object).
+    A check, then the writes: it narrows the window to one epoch's writes, it does not close it (the store
+    offers no conditional write of a whole checkpoint)."""
     newest = max(generations(run_uri, options), default=0)
     if newest > generation:
         record = _read(run_uri, newest, options)
@@ -198,8 +200,9 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=1)  # a renewal stuck in a store's retries must not hold up a stop
-        if not self.lost:
-            with contextlib.suppress(storage.StorageError):
+        with contextlib.suppress(storage.StorageError):
+            # Not once another driver holds the run: it may have removed this file, which must not come back.
+            if not self.lost and max(self._generations(), default=0) <= self.generation:
                 storage.write_json(self._uri(self.generation), {**self._record, "released": time.time()},
                                    self.options)
         self.generation = None

@@ -402,7 +402,7 @@ def translate_error(uri: str, exc: BaseException, options: StoreOptions | None =
         text = "no space left on device"
         # A checkpoint is staged on this machine's disk before it goes to the store: name the disk that is full.
         written = next((e.filename for e in _chain(exc) if isinstance(e, OSError) and e.filename), None)
-        if written and (remote or not os.fspath(written).startswith(uri)):
+        if written and (remote or not os.fspath(written).startswith(uri.rstrip("/") + "/")):
             text += f" (writing {written}: this machine's disk, not the store)"
     else:
         detail = " ".join(str(exc).split()) or type(exc).__name__

@@ -101,5 +101,6 @@ def test_a_package_summary_shows_the_baselines_and_a_model_that_does_not_beat_co
                   "baselines": {"copy_input": {"fid": 90.0, "ssim": 0.85}, "mean_image": {"fid": 200.0, "ssim": 0.3},
                                 "real_vs_real": {"fid": 20.0, "num_images": 12}, "fid_backbone": {"name": "x"}}}
     assert _metrics_summary({"evaluation": evaluation}) == (
-        "eval FID 80 [pt_inception], eval SSIM 0.5000 (12 images), baselines: copy-input FID 90 SSIM 0.8500; "
-        "mean-image FID 200 SSIM 0.3000; real-vs-real FID 20, NOT better than copying the input on SSIM")
+        "eval FID 80 [pt_inception], eval SSIM 0.5000 (12 images), baselines: copy the input FID 90.0 SSIM 0.8500; "
+        "the training set's mean image FID 200.0 SSIM 0.3000; real vs real FID 20.0, the model does not beat "
+        "copying its input on SSIM")

