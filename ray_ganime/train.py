@@ -188,45 +188,37 @@ class Validator:
             for d in self.directions.values():
                 self.real_features[d.target] = metrics.inception_features(self.inception, self.images[d.target],
                                                                            device)
-        self.baseline = self._copy_input_scores()
+        # What returning the input unchanged scores on the same subset, reported with every epoch: a model's
+        # val_ssim means little without it (on line art, SSIM rewards copying).
+        self.baseline = {f"baseline_copy_val_{metric}{f'_{key}' if key else ''}": value
+                         for key, d in self.directions.items()
+                         if self.images[d.source].shape == self.images[d.target].shape
+                         for metric, value in self._scores(d, transforms.to_tensor(self.images[d.source])).items()}
 
-    def _copy_input_scores(self) -> dict:
-        """What returning the input unchanged scores on the same subset (``baseline_copy_val_*``, reported with
-        every epoch: a model's val_ssim means little without it, e.g. on line art SSIM rewards copying)."""
+    def _scores(self, d, output: torch.Tensor) -> dict:
+        """``ssim`` and ``l1`` (paired directions) and ``fid`` (with eval.val_fid) of ``output`` (float in
+        [-1, 1]) against ``d``'s target images."""
         from ray_ganime import metrics
 
-        out = {}
-        for key, d in self.directions.items():
-            suffix = f"_{key}" if key else ""
-            source, target = self.images[d.source], self.images[d.target]
-            if d.paired and source.shape == target.shape:
-                out[f"baseline_copy_val_ssim{suffix}"] = float(np.mean(metrics.ssim(source, target)))
-                difference = transforms.to_tensor(source) - transforms.to_tensor(target)
-                out[f"baseline_copy_val_l1{suffix}"] = difference.abs().mean(dim=(1, 2, 3)).mean().item()
-            if self.inception is not None and source.shape[1:] == target.shape[1:]:
-                features = metrics.inception_features(self.inception, source, self.device)
-                out[f"baseline_copy_val_fid{suffix}"] = metrics.fid_from_features(
-                    features, self.real_features[d.target], warn=False)
+        out, pixels = {}, transforms.to_uint8(output)
+        if d.paired:
+            target = transforms.to_tensor(self.images[d.target]).to(output.device)
+            out["ssim"] = float(np.mean(metrics.ssim(pixels, self.images[d.target])))
+            out["l1"] = (output - target).abs().mean(dim=(1, 2, 3)).mean().item()
+        if self.inception is not None:
+            features = metrics.inception_features(self.inception, pixels, self.device)
+            out["fid"] = metrics.fid_from_features(features, self.real_features[d.target], warn=False)
         return out
 
     @torch.no_grad()
     def __call__(self) -> dict:
-        from ray_ganime import metrics
-
         out: dict = {}
         inputs, fakes = {}, {}
         for key, d in self.directions.items():
-            suffix = f"_{key}" if key else ""
             x = transforms.to_tensor(self.images[d.source]).to(self.device)
             inputs[key], fakes[key] = x, self.recipe.run_generator(d.net, x, self.batch_size)
-            fake = transforms.to_uint8(fakes[key])
-            if d.paired:
-                y = transforms.to_tensor(self.images[d.target]).to(self.device)
-                out[f"val_ssim{suffix}"] = float(np.mean(metrics.ssim(fake, self.images[d.target])))
-                out[f"val_l1{suffix}"] = (fakes[key] - y).abs().mean(dim=(1, 2, 3)).mean().item()
-            if self.inception is not None:
-                features = metrics.inception_features(self.inception, fake, self.device)
-                out[f"val_fid{suffix}"] = metrics.fid_from_features(features, self.real_features[d.target], warn=False)
+            out.update({f"val_{metric}{f'_{key}' if key else ''}": value
+                        for metric, value in self._scores(d, fakes[key]).items()})
         if len(self.directions) > 1:  # one number for a sweep over all of them
             for metric in ("val_ssim", "val_l1", "val_fid"):
                 per = [out[f"{metric}_{key}"] for key in self.directions if f"{metric}_{key}" in out]
