@@ -104,19 +104,12 @@ def scored(result: dict) -> str:
 
 
 def shortfall(result: dict) -> str:
-    """``does not beat copying its input on FID and SSIM``, or "" when it does (or has no baselines)."""
-    worse = shortfalls(result) if "fid" in result else []
-    return f"does not beat copying its input on {' and '.join(worse)}" if worse else ""
-
-
-def shortfalls(result: dict) -> list[str]:
-    """The metrics on which a model does not beat copying its input (FID: lower is better; SSIM: higher)."""
+    """``does not beat copying its input on FID and SSIM`` (FID: lower is better; SSIM: higher), or "" when it
+    does on both (or has no score or no baselines to compare)."""
     copy = (result.get("baselines") or {}).get("copy_input")
-    if not copy:
-        return []
-    worse = []
-    if result["fid"] >= copy["fid"]:
-        worse.append("FID")
+    if not copy or "fid" not in result:
+        return ""
+    worse = ["FID"] if result["fid"] >= copy["fid"] else []
     if "ssim" in result and "ssim" in copy and result["ssim"] <= copy["ssim"]:
         worse.append("SSIM")
-    return worse
+    return f"does not beat copying its input on {' and '.join(worse)}" if worse else ""

@@ -180,10 +180,10 @@ class _Totals:
     values, ids per side (to catch repeated rows), sample rows, and the Inception weights every actor
     reported (``backbones``: shared by the directions one set of actors evaluated)."""
 
-    def __init__(self, tiles: int, backbones: set[str]) -> None:
+    def __init__(self, tiles: int, backbones: set[str], halves: bool = False) -> None:
         self.fake, self.real = metrics.moments_pair(metrics.FIDInceptionV3.FEATURE_DIM)
-        # The real rows again, split in two: the real-vs-real FID reference, at no extra Inception pass.
-        self.halves = metrics.moments_pair(metrics.FIDInceptionV3.FEATURE_DIM)
+        # ``halves``: the real rows again, split in two, for the real-vs-real FID reference (no extra Inception pass)
+        self.halves = metrics.moments_pair(metrics.FIDInceptionV3.FEATURE_DIM) if halves else None
         self.ids: dict[str, list[str]] = {"feat_fake": [], "feat_real": []}
         self.scores: list[np.ndarray] = []
         self.samples: list[list[np.ndarray]] = []
@@ -196,7 +196,7 @@ class _Totals:
                 rows = ~np.isnan(batch[key][:, 0])  # an unpaired batch: each row is one side's
                 moments.add(batch[key][rows])
                 self.ids[key].extend(str(i) for i in batch["id"][rows])
-        if "feat_real" in batch:  # alternately, in the order they arrive: halves of equal size
+        if self.halves is not None and "feat_real" in batch:  # alternately, as they arrive: halves of equal size
             real = batch["feat_real"][~np.isnan(batch["feat_real"][:, 0])]
             first = sum(half.n for half in self.halves) % 2
             self.halves[first].add(real[0::2])
@@ -248,8 +248,7 @@ def evaluate_generator(generator: torch.nn.Module, data: ShardData, direction: D
 def evaluate_generators(generators: dict[str, tuple[torch.nn.Module, Direction]], data: ShardData, *,
                         split: str | None = None, fid_weights: str | None = None, max_images: int | None = None,
                         batch_size: int = 16, use_gpu: bool | None = None,
-                        concurrency: int | tuple[int, int] | None = None, baselines: bool = False,
-                        keep_halves: bool = False) -> dict[str, dict]:
+                        concurrency: int | tuple[int, int] | None = None, baselines: bool = False) -> dict[str, dict]:
     """FID (and, where ``direction.paired``, SSIM mean and std) of each generator (``{name: (generator,
     direction)}``) on ``split`` (default: the held-out one) of a data set, for its direction of a recipe,
     computed with Ray Data: every unpaired direction in one pass, each paired one in its own.
@@ -266,11 +265,18 @@ def evaluate_generators(generators: dict[str, tuple[torch.nn.Module, Direction]]
     unpaired also ``"num_real", "source", "target"`` and ``samples`` as ``[input, output]`` (at most 8, uint8).
     ``baselines``: each result also gets its direction's trivial baselines (``"baselines"``: ``_with_baselines``),
     from the data set's cache, or scored beside it (an unpaired direction's in the same pass) and cached.
-    (``keep_halves``: its real-vs-real moments, for ``_with_baselines``.)
     """
-    if baselines:
-        return _with_baselines(generators, data, split=split, fid_weights=fid_weights, max_images=max_images,
-                               batch_size=batch_size, use_gpu=use_gpu, concurrency=concurrency)
+    options = dict(split=split, fid_weights=fid_weights, max_images=max_images, batch_size=batch_size,
+                   use_gpu=use_gpu, concurrency=concurrency)
+    return _with_baselines(generators, data, **options) if baselines else _evaluate(generators, data, **options)[0]
+
+
+def _evaluate(generators: dict[str, tuple[torch.nn.Module, Direction]], data: ShardData, *, split: str | None,
+              fid_weights: str | None, max_images: int | None, batch_size: int, use_gpu: bool | None,
+              concurrency: int | tuple[int, int] | None,
+              halves_of: frozenset[str] = frozenset()) -> tuple[dict[str, dict], dict[str, "_Totals"]]:
+    """``evaluate_generators``' results, and what was accumulated for each (``halves_of``: the names whose real
+    rows are also split in two halves)."""
     columns = {}
     for name, (_, direction) in generators.items():
         (source_domain, input_column), (target_domain, target_column) = (data.locate(direction.source),
@@ -284,7 +290,7 @@ def evaluate_generators(generators: dict[str, tuple[torch.nn.Module, Direction]]
     use_gpu, concurrency = _actors(use_gpu, concurrency)
     split = data.held_out_split(split)
     backbones: set[str] = set()
-    totals = {name: _Totals(3 if d.paired else 2, backbones) for name, (_, d) in generators.items()}
+    totals = {name: _Totals(3 if d.paired else 2, backbones, name in halves_of) for name, (_, d) in generators.items()}
 
     def rows(domain: str | None) -> ray.data.Dataset:
         ds = data.dataset(split, train=False, domain=domain)
@@ -319,12 +325,8 @@ def evaluate_generators(generators: dict[str, tuple[torch.nn.Module, Direction]]
             for name in set(jobs):
                 mine = jobs == name
                 totals[name].add({k: v[mine] for k, v in batch.items()})
-    results = {name: _result(totals[name], direction, f"{data.uri} split {split!r}", split)
-               for name, (_, direction) in generators.items()}
-    if not keep_halves:
-        for result in results.values():
-            del result["_real_halves"]
-    return results
+    return {name: _result(totals[name], direction, f"{data.uri} split {split!r}", split)
+            for name, (_, direction) in generators.items()}, totals
 
 
 def _result(totals: _Totals, direction: Direction, where: str, split: str) -> dict:
@@ -340,7 +342,7 @@ def _result(totals: _Totals, direction: Direction, where: str, split: str) -> di
         metrics.warn_if_few_samples(min(n, n_real), "generated or the target set")
     backbone = totals.backbone()
     result.update(fid=float(metrics.fid_of_moments(totals.fake, totals.real)), num_images=n,
-                  fid_backbone=backbone, split=split, samples=totals.samples, _real_halves=totals.halves)
+                  fid_backbone=backbone, split=split, samples=totals.samples)
     if backbone.get("random_init"):
         result["fid_warning"] = RANDOM_INIT_WARNING
         warnings.warn(f"{RANDOM_INIT_WARNING} (Inception weights: {backbone.get('name')})", UserWarning,
@@ -362,15 +364,15 @@ def _with_baselines(generators: dict[str, tuple[torch.nn.Module, Direction]], da
     keys = {name: trivial.cache_key(data, d, split, max_images, source) for name, (_, d) in generators.items()}
     found = {name: record for name, key in keys.items() if (record := trivial.load(data, key)) is not None}
     jobs = _trivial_jobs(data, {name: d for name, (_, d) in generators.items() if name not in found})
-    options = dict(split=split, fid_weights=fid_weights, max_images=max_images, keep_halves=True, **options)
-    results = evaluate_generators({**generators, **jobs}, data, **options)
+    options = dict(split=split, fid_weights=fid_weights, max_images=max_images, **options)
+    results, totals = _evaluate({**generators, **jobs}, data, halves_of=frozenset(generators), **options)
     for name in list(found):
         if found[name].get("fid_backbone") != results[name]["fid_backbone"]:
             del found[name]
             retry = _trivial_jobs(data, {name: generators[name][1]})
-            results.update(evaluate_generators(retry, data, **options))
+            results.update(_evaluate(retry, data, **options)[0])
     for name in generators:
-        halves = results[name].pop("_real_halves")
+        halves = totals[name].halves
         if name not in found:
             found[name] = {}
             for kind in ("copy_input", "mean_image"):

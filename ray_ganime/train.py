@@ -192,7 +192,7 @@ class Validator:
         # val_ssim means little without it (on line art, SSIM rewards copying).
         self.baseline = {f"baseline_copy_val_{metric}{f'_{key}' if key else ''}": value
                          for key, d in self.directions.items()
-                         if self.images[d.source].shape == self.images[d.target].shape
+                         if self.images[d.source].shape[1:] == self.images[d.target].shape[1:]
                          for metric, value in self._scores(d, transforms.to_tensor(self.images[d.source])).items()}
 
     def _scores(self, d, output: torch.Tensor) -> dict:
